@@ -1,0 +1,1 @@
+"""The unified Mixture-of-Transformers model, attention backends, embeddings and latent codecs."""

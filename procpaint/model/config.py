@@ -1,0 +1,86 @@
+"""Model configuration: one dataclass plus named presets (DiT/torchtitan style registry).
+
+Plain dataclasses, no OmegaConf or Lightning here: train/ and procpaint/training/ translate the
+``model`` config group into a :class:`ModelConfig` via :func:`model_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 0                  # set from the tokenizer at build time (0 = not yet known)
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4                # grouped-query attention when < num_heads
+    intermediate_size: int = 768         # SwiGLU hidden size
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    mot: bool = True                     # two experts (understanding / generation); False: dense
+    qk_norm: bool = True
+    tie_word_embeddings: bool = True
+    codec: str = "pixel"                 # "pixel" (patchified normalised pixels) | "vae"
+    vae_path: str | None = None          # local diffusers AutoencoderKL directory (codec="vae")
+    latent_channels: int = 3             # channels of the codec's latent image (3 for pixels)
+    latent_downsample: int = 1           # pixels per latent pixel (1 for pixels, 8 for a FLUX VAE)
+    patch_size: int = 2                  # latent pixels per side of one latent token
+    max_latent_size: int = 64            # max latent tokens per side (2-D pos-embed table)
+    timestep_freq_dim: int = 256         # sinusoidal features before the timestep MLP
+    attn_backend: str = "auto"           # "auto" | "sdpa" | "flex" | "xformers" | "flash"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"model.num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"model.num_heads ({self.num_heads}) must be divisible by "
+                             f"model.num_kv_heads ({self.num_kv_heads})")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("model head dim (hidden_size / num_heads) must be even for RoPE")
+        if self.codec not in ("pixel", "vae"):
+            raise ValueError(f"model.codec must be 'pixel' or 'vae', got {self.codec!r}")
+        if self.attn_backend not in ("auto", "sdpa", "flex", "xformers", "flash"):
+            raise ValueError(f"model.attn_backend unknown: {self.attn_backend!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def latent_dim(self) -> int:
+        """Channels of one latent token: latent_channels * patch_size**2 (BAGEL: 16 * 2 * 2)."""
+        return self.latent_channels * self.patch_size**2
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Image pixels per side covered by one latent token."""
+        return self.latent_downsample * self.patch_size
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # CI: a forward/backward in milliseconds.
+    "debug": ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                         intermediate_size=128, timestep_freq_dim=64, max_latent_size=16),
+    # The CPU default of `python train/fit.py`.
+    "small": ModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4,
+                         intermediate_size=768, max_latent_size=32),
+    # A GPU research scale.
+    "base": ModelConfig(hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=8,
+                        intermediate_size=2816, max_latent_size=64),
+    # Qwen2-7B dimensions as in BAGEL-7B-MoT (instantiate on the meta device for shape checks).
+    "bagel-7b": ModelConfig(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28,
+                            num_kv_heads=4, intermediate_size=18944, rope_theta=1_000_000.0,
+                            tie_word_embeddings=False, codec="vae", latent_channels=16,
+                            latent_downsample=8, patch_size=2, max_latent_size=64),
+}
+
+
+def model_config(preset: str = "small", **overrides) -> ModelConfig:
+    """A preset with the given fields replaced; overrides whose value is None are ignored."""
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset {preset!r} unknown; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""Tokens and tokenizer, trajectory -> sequence plan, packing into token budgets."""
