@@ -37,13 +37,18 @@ def _load() -> tuple[object | None, str | None]:
         from procpaint import _C  # noqa: PLC0415  (the only import of the extension)
     except ImportError as exc:
         return None, f"import failed: {exc}"
-    built_for = getattr(_C, "torch_version", "unknown")
+    reason = staleness(_C, Path(__file__).resolve().parent.parent / "csrc")
+    return (None, reason) if reason else (_C, None)
+
+
+def staleness(module, csrc: Path) -> str | None:
+    """Why a loaded extension module must not be used, or None if it is current."""
+    built_for = getattr(module, "torch_version", "unknown")
     if built_for != torch.__version__:
-        return None, f"built for torch {built_for}, running torch {torch.__version__}"
-    csrc = Path(__file__).resolve().parent.parent / "csrc"
-    if csrc.is_dir() and getattr(_C, "sources_hash", None) != sources_hash(csrc):
-        return None, f"built from older sources than {csrc} (sources changed since the build)"
-    return _C, None
+        return f"built for torch {built_for}, running torch {torch.__version__}"
+    if csrc.is_dir() and getattr(module, "sources_hash", None) != sources_hash(csrc):
+        return f"built from older sources than {csrc} (sources changed since the build)"
+    return None
 
 
 def _warn(reason: str) -> None:

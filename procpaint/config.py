@@ -1,0 +1,216 @@
+"""Experiment configuration: structured OmegaConf schemas (dataclasses) for ``train/*.py``.
+
+A YAML file is merged onto :class:`Config`, so an unknown or misspelled key, a wrong type or a
+contradictory setting is a :class:`ConfigError` naming the key and the file. A YAML may start
+with ``base: other.yaml`` (relative to itself) and then hold only its differences.
+
+Top-level groups: seed, data, model, optim, loss, trainer (``lightning.Trainer``'s own argument
+names), logging; plus ``ckpt_path`` to resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from procpaint.model.config import PRESETS, ModelConfig, model_config
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key and (when known) the file."""
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None               # dataset directory; None: build procedural data in cache_dir
+    cache_dir: str = "data_cache"         # where the default procedural dataset is built once
+    subsets: list[str] = field(default_factory=lambda: ["multiturn", "conflict", "alignment"])
+    build_samples: int = 2000             # samples per built dataset (split over subsets by ratio)
+    image_size: int = 16                  # images are resized to this (pixels per side)
+    tokenizer: str | None = None          # tokenizer.json; None: <root>/tokenizer.json
+    unk: str = "error"                    # unknown words: "error" or "map" (to <unk>)
+    max_tokens: int = 2048                # token budget of one packed sequence
+    max_tokens_per_sample: int | None = None  # longer samples are skipped and counted
+    overflow_buffer: int = 64             # samples held back by the streaming best-fit packer
+    p_drop_text: float = 0.1              # CFG: probability of dropping the text prompt
+    p_drop_image: float = 0.1             # CFG: probability of dropping image context
+    val_samples: int = 64                 # held-out samples for validation losses
+    num_workers: int = 0
+
+    def __post_init__(self):
+        bad = sorted(set(self.subsets) - {"multiturn", "conflict", "alignment"})
+        if bad or not self.subsets:
+            raise ConfigError(f"data.subsets: unknown or empty {bad or self.subsets}; "
+                              "choose from multiturn, conflict, alignment")
+        for key in ("p_drop_text", "p_drop_image"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"data.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.max_tokens_per_sample is not None and self.max_tokens_per_sample > self.max_tokens:
+            raise ConfigError(f"data.max_tokens_per_sample ({self.max_tokens_per_sample}) exceeds "
+                              f"data.max_tokens ({self.max_tokens})")
+        if self.unk not in ("error", "map"):
+            raise ConfigError(f"data.unk must be 'error' or 'map', got {self.unk!r}")
+
+
+def _model_group():
+    """The ``model`` group: a preset name plus optional overrides of any ModelConfig field
+    (None = the preset's value). Generated from ModelConfig so the two never drift apart."""
+    from dataclasses import make_dataclass
+
+    extra = [(f.name, f.type if f.name == "vae_path" else f"{f.type} | None", field(default=None))
+             for f in fields(ModelConfig) if f.name != "vocab_size"]
+    return make_dataclass("ModelGroup", [("preset", str, field(default="small")), *extra])
+
+
+ModelGroup = _model_group()
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])   # BAGEL
+    eps: float = 1e-15                                                # BAGEL
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    schedule: str = "cosine"              # "cosine" | "constant" (after warmup)
+    min_lr_ratio: float = 0.1             # cosine floor as a fraction of lr
+    ema_decay: float = 0.999              # 0 disables the EMA callback
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must have two values, got {self.betas}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class LossConfig:
+    lambda_ce: float = 1.0                # loss = lambda_ce * CE + MSE
+    timestep_shift: float = 1.0           # training timestep shift s (t' = s t / (1 + (s-1) t))
+    max_nonfinite_steps: int = 5          # stop after this many consecutive NaN/inf losses
+
+
+@dataclass
+class TrainerConfig:
+    """Keys are lightning.Trainer's own argument names, passed through unchanged."""
+
+    max_steps: int = 1000
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Any = "32-true"
+    default_root_dir: str = "runs"
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    val_check_interval: int | None = 200  # in training steps
+    limit_val_batches: int | None = 4
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+    enable_checkpointing: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    name: str = "procpaint"                         # TensorBoard experiment name under default_root_dir
+    trajectory_every_n_steps: int = 0               # log a sampled trajectory strip (0: off)
+    val_prompt: str = "a photo of a red circle"
+    checkpoint_every_n_steps: int = 500
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = field(default_factory=ModelGroup)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ckpt_path: str | None = None          # resume from this Lightning checkpoint
+
+    def __post_init__(self):
+        if self.model.preset not in PRESETS:
+            raise ConfigError(f"model.preset {self.model.preset!r} unknown; choose from {sorted(PRESETS)}")
+        mc = self.model_config()
+        if self.data.image_size % mc.pixels_per_token:
+            raise ConfigError(f"data.image_size ({self.data.image_size}) must be divisible by "
+                              f"model.patch_size * model.latent_downsample ({mc.pixels_per_token})")
+        side = self.data.image_size // mc.pixels_per_token
+        if side > mc.max_latent_size:
+            raise ConfigError(f"data.image_size ({self.data.image_size}) gives {side} latent tokens per "
+                              f"side, more than model.max_latent_size ({mc.max_latent_size})")
+        if side * side + 4 > self.data.max_tokens:
+            raise ConfigError(f"data.max_tokens ({self.data.max_tokens}) is smaller than one image "
+                              f"({side * side} latent tokens + markers)")
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        overrides = {f.name: getattr(self.model, f.name) for f in fields(ModelConfig)
+                     if f.name != "vocab_size"}
+        try:
+            return model_config(self.model.preset, vocab_size=vocab_size, **overrides)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Load a YAML, resolving a ``base:`` chain (each file holds only its differences)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain {[str(p) for p in seen]}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = node.pop("base", None)
+    if base is None:
+        return node
+    return OmegaConf.merge(_load_yaml(path.parent / str(base), (*seen, path)), node)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Merge defaults <- YAML file (with its ``base:`` chain) <- ``key=value`` overrides, validate,
+    and return a :class:`Config` instance. Raises :class:`ConfigError` naming the bad key."""
+    schema = OmegaConf.structured(Config)
+    source = str(path) if path is not None else "<defaults>"
+    try:
+        layers = [schema]
+        if path is not None:
+            layers.append(_load_yaml(Path(path)))
+        merged = OmegaConf.merge(*layers)
+        source = "command line"
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        source = "validation"
+        return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        msg = getattr(exc, "msg", None) or str(exc)
+        raise ConfigError(f"{source}: {msg.splitlines()[0]}" + (f" (key: {key})" if key else "")) from exc
+    except ValueError as exc:  # __post_init__ contradictions not already ConfigError
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def config_from_dict(data: dict) -> Config:
+    """A Config from a plain dict (e.g. hyperparameters saved in a checkpoint), validated."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

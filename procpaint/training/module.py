@@ -1,0 +1,137 @@
+"""The LightningModule: a thin, uniform wrapper around the model and the packed loss.
+
+The model is built in ``configure_model`` (so FSDP can shard it as it is created), the DataModule
+is never built here, and every stage goes through one ``_shared_step``. Non-finite losses skip the
+step with a warning; ``loss.max_nonfinite_steps`` consecutive ones stop training with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+
+import lightning as L
+import torch
+
+from procpaint.config import Config, config_from_dict
+from procpaint.model.config import ModelConfig
+from procpaint.sequence.types import PackedBatch
+from procpaint.training.losses import packed_loss
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced too many consecutive NaN/inf losses."""
+
+
+def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base lr: linear warmup, then cosine down to ``min_ratio`` or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ProcPaintModule(L.LightningModule):
+    def __init__(self, config: dict, model_config: dict):
+        """config: the experiment Config as a plain dict (saved as hyperparameters);
+        model_config: the resolved ModelConfig fields (vocab size included)."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = config if isinstance(config, Config) else config_from_dict(config)
+        self.model_cfg = ModelConfig(**model_config)
+        self.model: torch.nn.Module | None = None
+        self._nonfinite = 0
+        self._step_start = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, vocab_size: int) -> ProcPaintModule:
+        from omegaconf import OmegaConf
+
+        plain = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        return cls(plain, asdict(cfg.model_config(vocab_size=vocab_size)))
+
+    def configure_model(self) -> None:
+        if self.model is not None:  # called again on resume / by strategies: build once
+            return
+        from procpaint.model import build_model
+
+        self.model = build_model(self.model_cfg)
+
+    def _noise_generator(self) -> torch.Generator:
+        """A generator seeded by (seed, step, rank): resumed runs draw the same noise."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed((self.cfg.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank)
+        return gen
+
+    def _shared_step(self, batch: PackedBatch, stage: str):
+        out = self.model(batch, generator=self._noise_generator())
+        parts = packed_loss(out.ce_logits, batch.ce_labels, out.v_pred, out.clean, out.noise,
+                            lambda_ce=self.cfg.loss.lambda_ce)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", parts.loss.detach(), prog_bar=True, on_step=on_step,
+                 on_epoch=not on_step, batch_size=1, sync_dist=not on_step)
+        for name in ("ce", "mse"):
+            value = getattr(parts, name)
+            if torch.isfinite(value):
+                self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step,
+                         batch_size=1, sync_dist=not on_step)
+        return parts
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: PackedBatch, batch_idx: int):
+        parts = self._shared_step(batch, "train")
+        if not torch.isfinite(parts.loss):
+            self._nonfinite += 1
+            log.warning("non-finite loss %s at step %d: skipping the step (%d consecutive)",
+                        parts.loss.item(), self.global_step, self._nonfinite)
+            self.log("train/nonfinite_steps", float(self._nonfinite), batch_size=1)
+            if self._nonfinite >= self.cfg.loss.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self._nonfinite} consecutive non-finite losses (loss.max_nonfinite_steps="
+                    f"{self.cfg.loss.max_nonfinite_steps}); lower optim.lr or check the data")
+            return None  # Lightning skips backward and the optimizer step
+        self._nonfinite = 0
+        stats = batch.stats or {}
+        self.log("train/packing_efficiency", float(stats.get("efficiency", 0.0)), batch_size=1)
+        self.log("train/skipped_samples", float(stats.get("skipped_total", 0)), batch_size=1)
+        self.log("train/ce_tokens", float(parts.ce_tokens), batch_size=1)
+        self.log("train/mse_tokens", float(parts.mse_tokens), batch_size=1)
+        return parts.loss
+
+    def on_train_batch_end(self, outputs, batch: PackedBatch, batch_idx: int):
+        if self._step_start is None:
+            return
+        dt = max(time.perf_counter() - self._step_start, 1e-9)
+        self.log("perf/step_time_s", dt, batch_size=1)
+        self.log("perf/tokens_per_s", batch.num_real_tokens / dt, prog_bar=True, batch_size=1)
+        self.log("perf/samples_per_s", batch.num_samples / dt, batch_size=1)
+
+    def validation_step(self, batch: PackedBatch, batch_idx: int):
+        self._shared_step(batch, "val")
+
+    def on_before_optimizer_step(self, optimizer):
+        norms = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(), batch_size=1)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name or "embed" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        total = self.cfg.trainer.max_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(
+            s, warmup=o.warmup_steps, total=total, schedule=o.schedule, min_ratio=o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
