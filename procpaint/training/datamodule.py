@@ -1,0 +1,152 @@
+"""The LightningDataModule: procedural (or user) data -> streamed, packed sequences.
+
+Training data is an endless stream: dataset records (sharded by DDP rank and DataLoader worker)
+-> ``Sample``s -> the streaming best-fit packer -> one ``PackedBatch`` per step. The stream is a
+deterministic function of the seed, so resuming only has to know how many packs were consumed:
+:class:`ResumableLoader` reports that (from Lightning's own batch progress) in its state dict and
+the stream skips that many packs when it restarts, which makes resumed runs exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from procpaint.config import Config
+from procpaint.sequence.tokenizer import TextTokenizer
+from procpaint.sequence.types import PackedBatch
+
+log = logging.getLogger(__name__)
+
+
+def _identity(batch):
+    return batch
+
+
+class PackStream(IterableDataset):
+    """Endless stream of PackedBatch for one DDP rank; DataLoader workers split its shards."""
+
+    def __init__(self, cfg: Config, root: Path, tokenizer: TextTokenizer, *, rank: int, world_size: int,
+                 split: str = "train"):
+        self.cfg, self.root, self.tokenizer = cfg, root, tokenizer
+        self.rank, self.world_size, self.split = rank, world_size, split
+        self.skip_packs = 0  # set from ResumableLoader.load_state_dict
+
+    def _samples(self, epoch: int, worker: int, num_workers: int):
+        from procpaint.datasets import TrajectoryDataset
+
+        ds = TrajectoryDataset(self.root, image_size=self.cfg.data.image_size, split=self.split,
+                               rank=self.rank * num_workers + worker,
+                               world_size=self.world_size * num_workers,
+                               subsets=self.cfg.data.subsets, shuffle_seed=self.cfg.seed + epoch)
+        return iter(ds)
+
+    def _packer(self, worker: int):
+        from procpaint.sequence.packing import Packer
+
+        d, m = self.cfg.data, self.cfg.model_config()
+        return Packer(self.tokenizer, max_tokens=d.max_tokens, max_tokens_per_sample=d.max_tokens_per_sample,
+                      overflow_buffer=d.overflow_buffer, pixels_per_token=m.pixels_per_token,
+                      p_drop_text=d.p_drop_text if self.split == "train" else 0.0,
+                      p_drop_image=d.p_drop_image if self.split == "train" else 0.0,
+                      timestep_shift=self.cfg.loss.timestep_shift,
+                      seed=(self.cfg.seed * 7919 + self.rank) * 131 + worker)
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Workers yield round-robin, so pack k of the loader is pack k // W of worker k % W.
+        skip = self.skip_packs // num_workers + (1 if worker < self.skip_packs % num_workers else 0)
+        packer = self._packer(worker)
+        samples = itertools.chain.from_iterable(
+            self._samples(epoch, worker, num_workers) for epoch in itertools.count())
+        packs = packer.pack_stream(samples)
+        for i, pack in enumerate(packs):
+            if i >= skip:
+                yield pack
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose state (packs consumed) Lightning saves in checkpoints and restores."""
+
+    def __init__(self, stream: PackStream, consumed_fn, **kwargs):
+        super().__init__(stream, batch_size=None, collate_fn=_identity, **kwargs)
+        self.consumed_fn = consumed_fn
+
+    def state_dict(self) -> dict:
+        return {"packs_consumed": int(self.consumed_fn())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.skip_packs = int(state.get("packs_consumed", 0))
+
+
+class ProcPaintDataModule(L.LightningDataModule):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self._tokenizer: TextTokenizer | None = None
+        self._val: list[PackedBatch] | None = None
+
+    @property
+    def root(self) -> Path:
+        d = self.cfg.data
+        if d.root is not None:
+            return Path(d.root)
+        key = json.dumps({"n": d.build_samples, "px": d.image_size, "seed": self.cfg.seed,
+                          "subsets": sorted(d.subsets)}, sort_keys=True)
+        return Path(d.cache_dir) / f"procedural-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+    def prepare_data(self) -> None:
+        """Build the procedural dataset once (rank 0) when no dataset root was given."""
+        root = self.root
+        if (root / "manifest.json").is_file():
+            return
+        if self.cfg.data.root is not None:
+            raise FileNotFoundError(f"data.root={root} has no manifest.json: not a procpaint dataset "
+                                    "(build one with `python data/build.py all --out DIR`)")
+        from procpaint.datasets import build_dataset
+
+        log.info("building the procedural dataset into %s (once)", root)
+        build_dataset(root, subsets=list(self.cfg.data.subsets), samples=self.cfg.data.build_samples,
+                      seed=self.cfg.seed, image_size=self.cfg.data.image_size, progress=True)
+
+    def load_tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            path = self.cfg.data.tokenizer or self.root / "tokenizer.json"
+            self._tokenizer = TextTokenizer(path, unk=self.cfg.data.unk)
+        return self._tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load_tokenizer()
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> ResumableLoader:
+        rank, world = self._rank()
+        stream = PackStream(self.cfg, self.root, self.load_tokenizer(), rank=rank, world_size=world)
+        progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.total.processed  # noqa: E731
+        return ResumableLoader(stream, progress, num_workers=self.cfg.data.num_workers,
+                               persistent_workers=False)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._val is None:
+            rank, world = self._rank()
+            stream = PackStream(self.cfg, self.root, self.load_tokenizer(), rank=rank, world_size=world,
+                                split="val")
+            limit = self.cfg.trainer.limit_val_batches or 4
+            self._val = list(itertools.islice(iter(stream), limit))
+            if not self._val:
+                raise RuntimeError(f"no validation data in {self.root}")
+        return DataLoader(self._val, batch_size=None, collate_fn=_identity)
+
+

@@ -1,0 +1,89 @@
+"""Assemble and run training from a :class:`~procpaint.config.Config` (what train/fit.py calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from procpaint.config import Config, to_yaml
+from procpaint.training.datamodule import ProcPaintDataModule
+from procpaint.training.module import ProcPaintModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    log_dir: str                 # TensorBoard run directory
+    checkpoint: str | None       # last Lightning checkpoint
+    weights: str | None          # exported safetensors (EMA weights when EMA is on)
+    val_loss: float | None
+
+
+def build_trainer(cfg: Config, *, extra_callbacks=()) -> L.Trainer:
+    logger = TensorBoardLogger(save_dir=cfg.trainer.default_root_dir, name=cfg.logging.name,
+                               default_hp_metric=False)
+    callbacks = [
+        ModelCheckpoint(every_n_train_steps=cfg.logging.checkpoint_every_n_steps, save_last=True,
+                        save_top_k=-1, filename="step{step:06d}", auto_insert_metric_name=False),
+        LearningRateMonitor(logging_interval="step"),
+        *extra_callbacks,
+    ]
+    if cfg.optim.ema_decay > 0:
+        callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
+    trainer_args = asdict(cfg.trainer)
+    if trainer_args["val_check_interval"] is not None:  # steps; the stream has no epochs to align to
+        trainer_args["check_val_every_n_epoch"] = None
+    return L.Trainer(logger=logger, callbacks=callbacks, max_epochs=-1, **trainer_args)
+
+
+def export_weights(module: ProcPaintModule, out_dir: Path) -> Path:
+    """Write model.safetensors + model_config.json + config.yaml (atomically) for sampling/eval."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    tmp = out_dir / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out_dir / "model.safetensors")
+    (out_dir / "model_config.json").write_text(json.dumps(asdict(module.model_cfg), indent=2))
+    (out_dir / "config.yaml").write_text(to_yaml(module.cfg))
+    return out_dir / "model.safetensors"
+
+
+def fit(cfg: Config) -> FitResult:
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    datamodule = ProcPaintDataModule(cfg)
+    datamodule.prepare_data()          # builds the procedural dataset once if absent
+    vocab_size = datamodule.load_tokenizer().vocab_size
+    module = ProcPaintModule.from_config(cfg, vocab_size=vocab_size)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    log_dir = trainer.logger.log_dir
+    ckpt_cb = trainer.checkpoint_callback
+    last = ckpt_cb.last_model_path if ckpt_cb is not None else None
+    weights = None
+    if trainer.is_global_zero:
+        if ckpt_cb is not None and trainer.global_step % cfg.logging.checkpoint_every_n_steps:
+            trainer.save_checkpoint(Path(ckpt_cb.dirpath) / "last.ckpt")  # the final step too
+            last = str(Path(ckpt_cb.dirpath) / "last.ckpt")
+        weights = str(export_weights(module, Path(log_dir) / "export"))
+    val = trainer.callback_metrics.get("val/loss")
+    result = FitResult(log_dir=log_dir, checkpoint=last or None, weights=weights,
+                       val_loss=float(val) if val is not None else None)
+    if trainer.is_global_zero:
+        print(f"\nTensorBoard logs : {log_dir}   (tensorboard --logdir {cfg.trainer.default_root_dir})")
+        print(f"Checkpoint       : {result.checkpoint}")
+        print(f"Exported weights : {result.weights}")
+        if result.val_loss is not None:
+            print(f"Held-out val loss: {result.val_loss:.4f}")
+    return result
