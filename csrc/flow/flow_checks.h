@@ -1,0 +1,79 @@
+// Argument checks and layout helpers shared by the CPU and CUDA flow ops (flow_cpu.cpp,
+// flow_cuda.cpp, and the Meta impls). Every message names the op and the argument.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <string_view>
+
+namespace procpaint::flow {
+
+enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
+
+inline Reduction parse_reduction(const char* op, std::string_view r) {
+  if (r == "none") return kNone;
+  if (r == "mean") return kMean;
+  if (r == "sum") return kSum;
+  TORCH_CHECK(false, op, ": reduction must be 'none', 'mean' or 'sum', got '", std::string(r), "'");
+}
+
+inline bool is_kernel_dtype(at::ScalarType s) {
+  return s == at::kFloat || s == at::kBFloat16 || s == at::kHalf;
+}
+
+// x: (N, D) float32/bfloat16/float16.
+inline void check_rows(const char* op, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(x.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(x.dim() == 2, op, ": ", name, " must have shape (N, D), got ", x.sizes());
+  TORCH_CHECK(is_kernel_dtype(x.scalar_type()), op, ": ", name,
+              " must be float32, bfloat16 or float16, got ", x.scalar_type());
+}
+
+// y must match x (the reference argument) in shape, dtype and device.
+inline void check_like(const char* op, const char* xname, const at::Tensor& x, const char* yname,
+                       const at::Tensor& y) {
+  check_rows(op, yname, y);
+  TORCH_CHECK(y.sizes() == x.sizes(), op, ": ", yname, " must have the shape of ", xname, " ",
+              x.sizes(), ", got ", y.sizes());
+  TORCH_CHECK(y.scalar_type() == x.scalar_type(), op, ": ", yname, " must have the dtype of ",
+              xname, " (", x.scalar_type(), "), got ", y.scalar_type());
+  TORCH_CHECK(y.device() == x.device(), op, ": ", yname, " must be on ", xname, "'s device ",
+              x.device(), ", got ", y.device());
+}
+
+// t: float32, (N,) without index, (M,) with index (N,) int32/int64. Range of index values is
+// checked by the kernels (CPU: before the pass, CUDA: device-side trap).
+inline void check_t(const char* op, const at::Tensor& t, const c10::optional<at::Tensor>& index,
+                    int64_t n, const at::Device& dev) {
+  TORCH_CHECK(t.dim() == 1, op, ": t must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": t must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == dev, op, ": t must be on ", dev, ", got ", t.device());
+  if (index.has_value() && index->defined()) {
+    const at::Tensor& ix = *index;
+    TORCH_CHECK(ix.dim() == 1 && ix.size(0) == n, op, ": index must have shape (", n,
+                ",) (one image id per token), got ", ix.sizes());
+    TORCH_CHECK(ix.scalar_type() == at::kLong || ix.scalar_type() == at::kInt, op,
+                ": index must be int64 or int32, got ", ix.scalar_type());
+    TORCH_CHECK(ix.device() == dev, op, ": index must be on ", dev, ", got ", ix.device());
+  } else {
+    TORCH_CHECK(t.size(0) == n, op, ": t must have shape (", n,
+                ",) (one timestep per token; pass index for per-image t), got ", t.sizes());
+  }
+}
+
+// Kernels read rows with an arbitrary row stride but unit column stride; anything else
+// (column slices with stride, transposes, expanded grads) is copied once.
+inline at::Tensor as_rows(const at::Tensor& x) {
+  if (x.size(1) <= 1 || x.stride(1) == 1) return x;
+  return x.contiguous();
+}
+
+inline int64_t row_stride(const at::Tensor& x) {
+  return x.size(0) <= 1 ? x.size(1) : x.stride(0);
+}
+
+inline bool has_index(const c10::optional<at::Tensor>& index) {
+  return index.has_value() && index->defined();
+}
+
+}  // namespace procpaint::flow
