@@ -1,0 +1,266 @@
+"""Sample -> sequence plan -> sample layout (DESIGN.md, "The packed sequence"; BAGEL's conventions).
+
+A :class:`SequencePlan` is the list of splits one sample becomes, with token ids and loss flags but
+no tensors, so its length is known cheaply (the packer needs lengths long before it builds a batch):
+
+    TextSegment(loss)          -> "causal" split: the text's token ids (CE targets when loss)
+    ImageSegment(loss=True)    -> "noise" split  <|vision_start|> + h*w noised latents + <|vision_end|>
+                                  then "full" split, the same image clean (what later tokens see)
+    ImageSegment(loss=False)   -> "full" split only (context)
+
+:meth:`SequencePlan.layout` turns a plan into sample-local index arrays (:class:`SampleLayout`):
+
+* Position ids: text advances one per token; every token of an image split shares one id; a noise
+  split does not advance it, so the clean copy that follows shares the noised copy's id (BAGEL's
+  ``curr_rope_id`` handling). Each sample starts at 0.
+* CE labels (the rule in :mod:`procpaint.sequence.types`): a target is predicted by the position
+  right before it in the *clean stream* (noise splits skipped). Targets: tokens of loss text, the
+  ``<|vision_start|>`` of a generated image (predicted by the last token before it: the modality
+  switch) and EOS when ``sample.eos`` (predicted by the sample's last position). EOS is a label only,
+  never an input token: once it is predicted the trajectory is over. The first token of a sample has
+  no predictor and is never a target (there is no BOS token).
+* Expert routing: latent tokens -> generation expert; everything else, the vision markers
+  included, -> understanding expert (BAGEL routes by packed_vae_token_indexes the same way).
+
+CFG dropout (decided by the packer, applied here so lengths stay exact): a dropped text segment is
+removed entirely and consumes no position id (BAGEL's ``PackedDataset`` does ``continue``); a dropped
+context image is removed but still advances the position id by one (BAGEL: ``curr_rope_id += 1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from procpaint.sequence.tokenizer import TextTokenizer
+from procpaint.sequence.types import ImageSegment, Sample, TextSegment
+
+CAUSAL, NOISE, FULL = "causal", "noise", "full"
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One split of the packed sequence."""
+
+    mode: str                             # "causal" | "noise" | "full"
+    num_tokens: int
+    token_ids: tuple[int, ...] = ()       # causal: the text's token ids
+    loss: bool = False                    # causal: CE on the tokens; noise: always True (MSE + switch)
+    image: int = -1                       # noise/full: row of SequencePlan.images
+    grid: tuple[int, int] = (0, 0)        # noise/full: (h, w) latent tokens
+    role: str = "text"
+    rope_skip: int = 0                    # position ids skipped before this item (dropped context image)
+
+
+@dataclass
+class SampleLayout:
+    """Sample-local index arrays of one plan (int64 numpy; offsets in [0, num_tokens))."""
+
+    split_lens: list[int]
+    attn_modes: list[str]
+    position_ids: np.ndarray              # (n,)
+    text_offsets: np.ndarray              # (T,) non-latent positions (text, vision markers)
+    text_ids: np.ndarray                  # (T,)
+    latent_offsets: np.ndarray            # (N,)
+    latent_image: np.ndarray              # (N,) row of plan.images
+    latent_rows: np.ndarray               # (N,) row of the token in its image's latent grid
+    latent_cols: np.ndarray               # (N,) column
+    latent_noise_split: np.ndarray        # (N,) ordinal of the token's noise split, -1 for clean copies
+    ce_offsets: np.ndarray                # (C,) predicting positions
+    ce_labels: np.ndarray                 # (C,) target ids
+    num_noise_splits: int
+
+
+@dataclass
+class SequencePlan:
+    items: list[PlanItem]
+    images: list[torch.Tensor]            # distinct images of the sample, each (3, H, W)
+    eos: bool
+    vision_start_id: int
+    vision_end_id: int
+    eos_id: int
+    sample_id: str = ""
+    dropped_text: bool = False
+    dropped_image: bool = False
+    num_tokens: int = field(init=False)
+
+    def __post_init__(self):
+        self.num_tokens = sum(it.num_tokens for it in self.items)
+
+    def layout(self) -> SampleLayout:
+        """Positions, token ids, latent bookkeeping, CE pairs of this sample (see module docstring)."""
+        pos = 0                      # next RoPE id
+        cur = 0                      # next token offset
+        prev_clean = -1              # last clean-stream offset: predicts the next target
+        n_noise = 0
+        positions, text_off, text_ids = [], [], []
+        lat_off, lat_img, lat_row, lat_col, lat_noise = [], [], [], [], []
+        ce_off: list[int] = []
+        ce_lab: list[int] = []
+        for it in self.items:
+            n = it.num_tokens
+            pos += it.rope_skip
+            if it.mode == CAUSAL:
+                positions.append(np.arange(pos, pos + n, dtype=np.int64))
+                pos += n
+                text_off.append(np.arange(cur, cur + n, dtype=np.int64))
+                ids = np.asarray(it.token_ids, dtype=np.int64)
+                text_ids.append(ids)
+                if it.loss:
+                    # token j is predicted by offset cur+j-1; the first one by prev_clean.
+                    first = 0 if prev_clean >= 0 else 1
+                    if first == 0:
+                        ce_off.append(prev_clean)
+                        ce_lab.append(int(ids[0]))
+                    ce_off.extend(range(cur, cur + n - 1))
+                    ce_lab.extend(int(i) for i in ids[1:])
+                prev_clean = cur + n - 1
+            else:
+                h, w = it.grid
+                positions.append(np.full(n, pos, dtype=np.int64))
+                text_off.append(np.array([cur, cur + n - 1], dtype=np.int64))
+                text_ids.append(np.array([self.vision_start_id, self.vision_end_id], dtype=np.int64))
+                lat_off.append(np.arange(cur + 1, cur + 1 + h * w, dtype=np.int64))
+                lat_img.append(np.full(h * w, it.image, dtype=np.int64))
+                lat_row.append(np.repeat(np.arange(h, dtype=np.int64), w))
+                lat_col.append(np.tile(np.arange(w, dtype=np.int64), h))
+                if it.mode == NOISE:
+                    # Modality switch: the last clean token before a generated image predicts it.
+                    if prev_clean >= 0:
+                        ce_off.append(prev_clean)
+                        ce_lab.append(self.vision_start_id)
+                    lat_noise.append(np.full(h * w, n_noise, dtype=np.int64))
+                    n_noise += 1
+                    # No position advance and prev_clean unchanged: the clean copy stands in.
+                else:
+                    lat_noise.append(np.full(h * w, -1, dtype=np.int64))
+                    pos += 1
+                    prev_clean = cur + n - 1        # the clean <|vision_end|> predicts what follows
+            cur += n
+        if self.eos and prev_clean >= 0:
+            ce_off.append(prev_clean)
+            ce_lab.append(self.eos_id)
+
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+        return SampleLayout(
+            split_lens=[it.num_tokens for it in self.items],
+            attn_modes=[it.mode for it in self.items],
+            position_ids=cat(positions), text_offsets=cat(text_off), text_ids=cat(text_ids),
+            latent_offsets=cat(lat_off), latent_image=cat(lat_img), latent_rows=cat(lat_row),
+            latent_cols=cat(lat_col), latent_noise_split=cat(lat_noise),
+            ce_offsets=np.asarray(ce_off, dtype=np.int64), ce_labels=np.asarray(ce_lab, dtype=np.int64),
+            num_noise_splits=n_noise,
+        )
+
+
+class SequencePlanner:
+    """Turns :class:`Sample` into :class:`SequencePlan` for one tokenizer and latent geometry.
+
+    Args:
+        tokenizer: the text tokenizer (special ids are taken from it).
+        pixels_per_token: image pixels per side of one latent token (ModelConfig.pixels_per_token).
+        max_latent_size: optional limit on latent tokens per side (ModelConfig.max_latent_size);
+            a larger image is a ValueError naming the sample and segment.
+        cfg_text_roles: roles of text segments that CFG text dropout removes (default: the prompt).
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, pixels_per_token: int, *, max_latent_size: int | None = None,
+                 cfg_text_roles: tuple[str, ...] = ("prompt",)):
+        if pixels_per_token < 1:
+            raise ValueError(f"pixels_per_token must be >= 1, got {pixels_per_token}")
+        self.tokenizer, self.ppt = tokenizer, int(pixels_per_token)
+        self.max_latent_size, self.cfg_text_roles = max_latent_size, tuple(cfg_text_roles)
+
+    @classmethod
+    def from_model_config(cls, tokenizer: TextTokenizer, model_cfg, **kwargs) -> SequencePlanner:
+        return cls(tokenizer, model_cfg.pixels_per_token, max_latent_size=model_cfg.max_latent_size, **kwargs)
+
+    def grid(self, image: torch.Tensor, where: str = "image") -> tuple[int, int]:
+        """(h, w) latent tokens of a (3, H, W) image; ValueError naming ``where`` when it does not tile."""
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"{where}: image must be a (3, H, W) tensor, got {shape}")
+        H, W = int(image.shape[1]), int(image.shape[2])
+        if H % self.ppt or W % self.ppt or H == 0 or W == 0:
+            raise ValueError(f"{where}: image size {H}x{W} is not a positive multiple of "
+                             f"pixels_per_token={self.ppt} (model.patch_size * model.latent_downsample)")
+        h, w = H // self.ppt, W // self.ppt
+        if self.max_latent_size is not None and max(h, w) > self.max_latent_size:
+            raise ValueError(f"{where}: image gives {h}x{w} latent tokens, more than "
+                             f"model.max_latent_size={self.max_latent_size} per side")
+        return h, w
+
+    def _encode(self, seg: TextSegment, where: str) -> list[int]:
+        try:
+            return self.tokenizer.encode(seg.text)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+
+    def _droppable_text(self, seg) -> bool:
+        return isinstance(seg, TextSegment) and seg.role in self.cfg_text_roles
+
+    @staticmethod
+    def _droppable_image(seg) -> bool:
+        return isinstance(seg, ImageSegment) and not seg.loss
+
+    def has_droppable(self, sample: Sample) -> tuple[bool, bool]:
+        """(has a prompt text to drop, has a context image to drop) for CFG dropout statistics."""
+        return (any(self._droppable_text(s) for s in sample.segments),
+                any(self._droppable_image(s) for s in sample.segments))
+
+    def plan(self, sample: Sample, *, drop_text: bool = False, drop_image: bool = False) -> SequencePlan:
+        """The sequence plan of ``sample``; ``drop_text`` / ``drop_image`` apply CFG dropout.
+
+        Text segments that tokenize to nothing are left out (a split must not be empty).
+        """
+        tok = self.tokenizer
+        items: list[PlanItem] = []
+        images: list[torch.Tensor] = []
+        rope_skip = 0
+        for k, seg in enumerate(sample.segments):
+            where = f"sample {sample.id or '<no id>'} segment {k} ({seg.role})"
+            if isinstance(seg, TextSegment):
+                if drop_text and self._droppable_text(seg):
+                    continue
+                ids = self._encode(seg, where)
+                if ids:
+                    items.append(PlanItem(CAUSAL, len(ids), tuple(ids), seg.loss, role=seg.role,
+                                          rope_skip=rope_skip))
+                    rope_skip = 0
+            elif isinstance(seg, ImageSegment):
+                h, w = self.grid(seg.image, where)
+                if drop_image and self._droppable_image(seg):
+                    rope_skip += 1
+                    continue
+                row = next((i for i, im in enumerate(images) if im is seg.image), None)
+                if row is None:
+                    row, _ = len(images), images.append(seg.image)
+                n = h * w + 2
+                if seg.loss:
+                    items.append(PlanItem(NOISE, n, loss=True, image=row, grid=(h, w), role=seg.role,
+                                          rope_skip=rope_skip))
+                    rope_skip = 0
+                items.append(PlanItem(FULL, n, image=row, grid=(h, w), role=seg.role, rope_skip=rope_skip))
+                rope_skip = 0
+            else:
+                raise ValueError(f"{where}: unknown segment type {type(seg).__name__}")
+        return SequencePlan(items, images, bool(sample.eos), tok.vision_start_id, tok.vision_end_id,
+                            tok.eos_id, sample_id=sample.id, dropped_text=drop_text, dropped_image=drop_image)
+
+    def num_tokens(self, sample: Sample, *, drop_text: bool = False, drop_image: bool = False) -> int:
+        """Tokens ``sample`` occupies in a pack, without building a plan or any tensor."""
+        total = 0
+        for k, seg in enumerate(sample.segments):
+            where = f"sample {sample.id or '<no id>'} segment {k} ({seg.role})"
+            if isinstance(seg, TextSegment):
+                if not (drop_text and self._droppable_text(seg)):
+                    total += len(self._encode(seg, where))
+            else:
+                h, w = self.grid(seg.image, where)
+                if not (drop_image and self._droppable_image(seg)):
+                    total += (h * w + 2) * (2 if seg.loss else 1)
+        return total
