@@ -31,6 +31,9 @@ class ModelConfig:
     timestep_freq_dim: int = 256         # sinusoidal features before the timestep MLP
     attn_backend: str = "auto"           # "auto" | "sdpa" | "flex" | "xformers" | "flash"
     init_std: float = 0.02
+    qkv_bias: bool = False               # bias on the q/k/v projections (Qwen2 / BAGEL have it)
+    timestep_scale: float = 1000.0       # t in [0, 1] is multiplied by this before the sinusoid
+                                         # (DiT/FLUX convention; BAGEL feeds raw t: 1.0)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -43,6 +46,8 @@ class ModelConfig:
             raise ValueError("model head dim (hidden_size / num_heads) must be even for RoPE")
         if self.codec not in ("pixel", "vae"):
             raise ValueError(f"model.codec must be 'pixel' or 'vae', got {self.codec!r}")
+        if self.timestep_scale <= 0:
+            raise ValueError(f"model.timestep_scale must be > 0, got {self.timestep_scale}")
         if self.attn_backend not in ("auto", "sdpa", "flex", "xformers", "flash"):
             raise ValueError(f"model.attn_backend unknown: {self.attn_backend!r}")
 
@@ -75,7 +80,8 @@ PRESETS: dict[str, ModelConfig] = {
     "bagel-7b": ModelConfig(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28,
                             num_kv_heads=4, intermediate_size=18944, rope_theta=1_000_000.0,
                             tie_word_embeddings=False, codec="vae", latent_channels=16,
-                            latent_downsample=8, patch_size=2, max_latent_size=64),
+                            latent_downsample=8, patch_size=2, max_latent_size=64,
+                            qkv_bias=True, timestep_scale=1.0),
 }
 
 

@@ -1,0 +1,161 @@
+"""Latent codecs: images <-> latent tokens.
+
+A codec turns a batch of images (I, 3, H, W) in [-1, 1] into latent tokens (I, h*w, D), one token per
+``patch_size x patch_size`` latent pixels in row-major order (the order of
+``PackedBatch.latent_patch_ids``), and back. Inside a token the channels run (dy, dx, c) —
+BAGEL's ``patchify`` layout, so its 2x2x16 = 64-channel tokens line up with ours.
+
+- ``pixel``: the latent image *is* the normalised image (latent_channels = 3, no downsampling); a
+  token is a p x p pixel patch, D = 3 p^2. Exact round trip; the default for the procedural world.
+- ``vae``: a diffusers-compatible ``AutoencoderKL`` from a local directory (nothing is downloaded),
+  frozen; latents are normalised as ``(z - shift_factor) * scaling_factor`` with the factors from
+  the VAE's own config (FLUX: 0.1159 / 0.3611). diffusers is imported only when one is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from procpaint.model.config import ModelConfig
+
+
+def patchify(latent: torch.Tensor, p: int) -> torch.Tensor:
+    """(I, C, Hl, Wl) -> (I, (Hl/p) * (Wl/p), p * p * C), channels ordered (dy, dx, c)."""
+    n, c, hl, wl = latent.shape
+    if hl % p or wl % p:
+        raise ValueError(f"latent size {hl}x{wl} is not divisible by model.patch_size={p}")
+    h, w = hl // p, wl // p
+    x = latent.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1)        # (I, h, w, p, p, C)
+    return x.reshape(n, h * w, p * p * c)
+
+
+def unpatchify(tokens: torch.Tensor, h: int, w: int, p: int) -> torch.Tensor:
+    """(I, h * w, p * p * C) -> (I, C, h * p, w * p); inverse of :func:`patchify`."""
+    n, hw, d = tokens.shape
+    if hw != h * w or d % (p * p):
+        raise ValueError(f"tokens of shape {tuple(tokens.shape)} do not form a {h}x{w} grid of "
+                         f"{p}x{p} patches")
+    c = d // (p * p)
+    x = tokens.reshape(n, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)          # (I, C, h, p, w, p)
+    return x.reshape(n, c, h * p, w * p)
+
+
+class LatentCodec(nn.Module):
+    """Interface: ``encode(images) -> (I, h*w, D)``, ``decode(tokens, h, w) -> (I, 3, H, W)``."""
+
+    latent_dim: int
+    pixels_per_token: int
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) of an image of height x width pixels."""
+        s = self.pixels_per_token
+        if height % s or width % s:
+            raise ValueError(f"image size {height}x{width} is not divisible by {s} pixels per latent "
+                             "token (model.latent_downsample * model.patch_size)")
+        return height // s, width // s
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PixelCodec(LatentCodec):
+    """Patchified normalised pixels: D = 3 p^2, exact inverse. No parameters."""
+
+    def __init__(self, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.latent_dim = 3 * patch_size**2
+        self.pixels_per_token = patch_size
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (I, 3, H, W) in [-1, 1] -> (I, h*w, 3 p^2) float32."""
+        self.grid(images.shape[-2], images.shape[-1])
+        return patchify(images.to(torch.float32), self.patch_size)
+
+    def decode(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """tokens (I, h*w, 3 p^2) -> images (I, 3, h p, w p)."""
+        return unpatchify(tokens, h, w, self.patch_size)
+
+
+class VAECodec(LatentCodec):
+    """A frozen diffusers ``AutoencoderKL`` from a local directory, then p x p latent patches.
+
+    ``path=None`` builds an unloaded placeholder (shape checks on the meta device); using it raises.
+    Encoding takes the posterior mode (deterministic targets) rather than a sample.
+    """
+
+    def __init__(self, path: str | Path | None, latent_channels: int, downsample: int, patch_size: int):
+        super().__init__()
+        self.patch_size, self.latent_channels = patch_size, latent_channels
+        self.latent_dim = latent_channels * patch_size**2
+        self.pixels_per_token = downsample * patch_size
+        self.vae = None
+        self.scale, self.shift = 1.0, 0.0
+        if path is not None:
+            self._load(Path(path), latent_channels, downsample)
+
+    def _load(self, path: Path, latent_channels: int, downsample: int) -> None:
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model.vae_path={str(path)!r}: no config.json there (expected a "
+                                    "diffusers AutoencoderKL directory, e.g. from save_pretrained)")
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError as e:
+            raise ImportError("model.codec='vae' needs diffusers: pip install 'procpaint[vae]'") from e
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        got_c = vae.config.latent_channels
+        got_ds = 2 ** (len(vae.config.block_out_channels) - 1)
+        if got_c != latent_channels or got_ds != downsample:
+            raise ValueError(f"VAE at {path} has latent_channels={got_c}, downsample={got_ds}; the config "
+                             f"says model.latent_channels={latent_channels}, "
+                             f"model.latent_downsample={downsample}")
+        vae.requires_grad_(False).eval()
+        self.vae = vae
+        self.scale = float(vae.config.scaling_factor or 1.0)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    def _need(self):
+        if self.vae is None:
+            raise RuntimeError("model.codec='vae' but no VAE is loaded: set model.vae_path to a local "
+                               "diffusers AutoencoderKL directory")
+        return self.vae
+
+    def train(self, mode: bool = True) -> VAECodec:
+        super().train(mode)
+        if self.vae is not None:
+            self.vae.eval()                    # frozen: never leave eval mode
+        return self
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (I, 3, H, W) in [-1, 1] -> (I, h*w, C p^2) float32 normalised latents."""
+        vae = self._need()
+        self.grid(images.shape[-2], images.shape[-1])
+        dtype = next(vae.parameters()).dtype
+        z = vae.encode(images.to(dtype)).latent_dist.mode()                   # (I, C, Hl, Wl)
+        z = (z.float() - self.shift) * self.scale
+        return patchify(z, self.patch_size)
+
+    def decode(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """tokens (I, h*w, C p^2) -> images (I, 3, H, W), roughly in [-1, 1] (not clamped)."""
+        vae = self._need()
+        z = unpatchify(tokens.float(), h, w, self.patch_size) / self.scale + self.shift
+        dtype = next(vae.parameters()).dtype
+        return vae.decode(z.to(dtype)).sample.float()
+
+
+def build_codec(cfg: ModelConfig) -> LatentCodec:
+    """The codec named by ``cfg.codec`` (checked against ``cfg.latent_dim``)."""
+    if cfg.codec == "pixel":
+        if cfg.latent_channels != 3 or cfg.latent_downsample != 1:
+            raise ValueError("model.codec='pixel' needs model.latent_channels=3 and "
+                             f"model.latent_downsample=1, got {cfg.latent_channels} and "
+                             f"{cfg.latent_downsample}")
+        return PixelCodec(cfg.patch_size)
+    return VAECodec(cfg.vae_path, cfg.latent_channels, cfg.latent_downsample, cfg.patch_size)

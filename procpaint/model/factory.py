@@ -1,0 +1,117 @@
+"""Building the model and the separate steps applied to it (torchtitan's ``parallelize`` style).
+
+``build_model`` constructs; ``apply_activation_checkpointing`` and ``apply_compile`` transform an
+existing model in place and are called by the training side (the LightningModule's
+``configure_model``), never by the model itself. ``flops_per_token`` feeds MFU.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from procpaint.model.config import ModelConfig
+from procpaint.model.transformer import ProcPaintModel
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None) -> ProcPaintModel:
+    """A freshly initialised :class:`ProcPaintModel`.
+
+    ``device="meta"`` allocates nothing (shape and parameter-count checks, or FSDP: ``to_empty``
+    then :meth:`ProcPaintModel.init_weights`).
+    """
+    if device is None:
+        return ProcPaintModel(cfg)
+    with torch.device(device):
+        return ProcPaintModel(cfg)
+
+
+def num_parameters(model: nn.Module, *, trainable_only: bool = False, exclude_embeddings: bool = False
+                   ) -> int:
+    """Distinct parameters (a tied LM head counts once). ``exclude_embeddings`` drops the token
+    embedding and untied LM head (the usual "non-embedding" count)."""
+    seen, total = set(), 0
+    skip = set()
+    if exclude_embeddings and isinstance(model, ProcPaintModel):
+        skip.add(id(model.embed_tokens.weight))
+        if model.output is not None:
+            skip.add(id(model.output.weight))
+    for p in model.parameters():
+        if id(p) in seen or id(p) in skip or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def expert_layer_parameters(cfg: ModelConfig) -> int:
+    """Parameters of one expert in one layer (q|k|v|o, qk-norms, two pre-norms, SwiGLU)."""
+    d, hd, h, hkv, f = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
+    attn = d * (h + 2 * hkv) * hd + h * hd * d + ((h + 2 * hkv) * hd if cfg.qkv_bias else 0)
+    norms = 2 * d + (2 * hd if cfg.qk_norm else 0)
+    return attn + norms + 3 * d * f
+
+
+def expected_num_parameters(cfg: ModelConfig) -> int:
+    """Closed-form parameter count of :class:`ProcPaintModel` (codec weights excluded)."""
+    experts = 2 if cfg.mot else 1
+    d, v, dl, fd = cfg.hidden_size, cfg.vocab_size, cfg.latent_dim, cfg.timestep_freq_dim
+    total = cfg.num_layers * experts * expert_layer_parameters(cfg)
+    total += experts * d                                     # final norms
+    total += v * d * (1 if cfg.tie_word_embeddings else 2)   # embedding (+ untied head)
+    total += (dl * d + d) + (d * dl + dl)                    # vae2llm, llm2vae
+    total += (fd * d + d) + (d * d + d)                      # timestep MLP
+    return total
+
+
+def flops_per_token(cfg: ModelConfig, context_len: float, *, training: bool = True,
+                    lm_head_fraction: float = 1.0) -> float:
+    """Model FLOPs per token of a pass (PaLM appendix B convention, 2 FLOPs per multiply-add).
+
+    Each token runs through ONE expert, so the matmul term uses one expert's weights
+    (``2 * params``); attention adds ``4 * layers * heads * head_dim * context_len`` (QK^T and
+    AV), where ``context_len`` is the mean number of keys a query attends (``mask.sum() / L``
+    for a pack; ~L/2 for causal text). The LM head runs only on CE positions: pass their share
+    as ``lm_head_fraction``. ``training`` multiplies by 3 (forward + backward = 2 x forward).
+    Norms, RoPE, softmax and embeddings' gathers are ignored, as usual for MFU.
+    """
+    d = cfg.hidden_size
+    matmul = cfg.num_layers * (expert_layer_parameters(cfg) - 2 * d - 2 * cfg.head_dim)
+    matmul += lm_head_fraction * cfg.vocab_size * d
+    attn = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * context_len
+    fwd = 2 * matmul + 2 * attn
+    return 3 * fwd if training else fwd
+
+
+def apply_activation_checkpointing(model: ProcPaintModel, *, every: int = 1) -> ProcPaintModel:
+    """Wrap every ``every``-th decoder layer in non-reentrant activation checkpointing (in place).
+
+    Uses torch's ``checkpoint_wrapper`` (as torchtitan), whose state-dict hooks strip the wrapper
+    prefix, so checkpoints load with or without checkpointing.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    if every < 1:
+        raise ValueError(f"activation checkpointing: every must be >= 1, got {every}")
+    for i, layer in enumerate(model.layers):
+        if i % every == 0:
+            # preserve_rng_state=False: the layers draw no random numbers (no dropout).
+            model.layers[i] = checkpoint_wrapper(layer, checkpoint_impl=CheckpointImpl.NO_REENTRANT,
+                                                 preserve_rng_state=False)
+    logger.info("activation checkpointing on %d of %d layers", len(range(0, len(model.layers), every)),
+                len(model.layers))
+    return model
+
+
+def apply_compile(model: ProcPaintModel, **compile_kwargs) -> ProcPaintModel:
+    """``torch.compile`` each decoder layer in place (``nn.Module.compile``: parameter names and
+    state-dict keys are unchanged). Per-layer rather than whole-model compilation keeps compile
+    time flat in depth and leaves the data-dependent embedding/gather code eager."""
+    for layer in model.layers:
+        layer.compile(**compile_kwargs)
+    logger.info("compiled %d decoder layers with %s", len(model.layers), compile_kwargs or "defaults")
+    return model
