@@ -1,9 +1,16 @@
 // Schemas of the packing-mask ops (torch.ops.procpaint.*). Declared here once, included by
 // csrc/ops.cpp inside the single TORCH_LIBRARY(procpaint, m) block; kernels register with
-// TORCH_LIBRARY_IMPL beside their code (packing_cpu.cpp, packing_cuda.cpp).
+// TORCH_LIBRARY_IMPL beside their code (packing_cpu.cpp, packing_cuda.cpp, Meta in packing_cpu.cpp).
 //
-// split_lens / sample_lens: int32 or int64 1-D tensors on the target device;
-// split_modes: int8/int32 codes 0 = causal, 1 = full, 2 = noise (procpaint/kernels/packing.py).
+// split_lens / sample_lens: integer 1-D tensors on the target device; split_modes: integer codes
+// 0 = causal, 1 = full, 2 = noise (procpaint/kernels/packing.py). seq_len = sum(split_lens) = L.
+//   attention_mask     -> (L, L) bool, True = may attend
+//   attention_bias     -> (L, L) `dtype`, 0 = may attend, -inf = masked (SDPA / xformers form)
+//   block_mask_tensors -> the eight int32 tensors of a FlexAttention BlockMask with
+//                         nb = ceil(L / block_size): kv_num_blocks (1, 1, nb),
+//                         kv_indices (1, 1, nb, nb), full_kv_num_blocks, full_kv_indices,
+//                         q_num_blocks, q_indices, full_q_num_blocks, full_q_indices (same shapes),
+//                         identical to what create_block_mask produces for the same rule.
 #pragma once
 #include <torch/library.h>
 
@@ -11,6 +18,10 @@ namespace procpaint {
 
 inline void define_packing_ops(torch::Library& m) {
   m.def("attention_mask(Tensor split_lens, Tensor split_modes, Tensor sample_lens, SymInt seq_len) -> Tensor");
+  m.def("attention_bias(Tensor split_lens, Tensor split_modes, Tensor sample_lens, SymInt seq_len, "
+        "ScalarType dtype) -> Tensor");
+  m.def("block_mask_tensors(Tensor split_lens, Tensor split_modes, Tensor sample_lens, SymInt seq_len, "
+        "int block_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace procpaint
