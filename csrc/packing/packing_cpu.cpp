@@ -136,15 +136,6 @@ at::Tensor attention_bias_cpu(const at::Tensor& split_lens, const at::Tensor& sp
   return out;
 }
 
-// Writes create_block_mask's ordering for one line of `n` classes read with `stride`:
-// indices of blocks of class `want` ascending, then all others ascending.
-void order_line(const int8_t* cls, int64_t stride, int64_t n, int8_t want, int32_t* count, int32_t* idx) {
-  int32_t k = 0;
-  for (int64_t c = 0; c < n; ++c) if (cls[c * stride] == want) idx[k++] = (int32_t)c;
-  *count = k;
-  for (int64_t c = 0; c < n; ++c) if (cls[c * stride] != want) idx[k++] = (int32_t)c;
-}
-
 std::vector<at::Tensor> empty_block_outputs(int64_t nb, const at::TensorOptions& opt) {
   std::vector<at::Tensor> out;
   for (int i = 0; i < 4; ++i) {
@@ -186,11 +177,11 @@ BlockTensors block_mask_tensors_cpu(const at::Tensor& split_lens, const at::Tens
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t i = 0; i < nb; ++i) {
     const int8_t* row = cls.data() + i * nb;  // kv side: row i of the class matrix
-    order_line(row, 1, nb, packing::kPartial, p[0] + i, p[1] + i * nb);
-    order_line(row, 1, nb, packing::kFullBlock, p[2] + i, p[3] + i * nb);
+    packing::order_line(row, 1, nb, packing::kPartial, p[0] + i, p[1] + i * nb);
+    packing::order_line(row, 1, nb, packing::kFullBlock, p[2] + i, p[3] + i * nb);
     const int8_t* col = cls.data() + i;  // q side: column i (the transposed mask)
-    order_line(col, nb, nb, packing::kPartial, p[4] + i, p[5] + i * nb);
-    order_line(col, nb, nb, packing::kFullBlock, p[6] + i, p[7] + i * nb);
+    packing::order_line(col, nb, nb, packing::kPartial, p[4] + i, p[5] + i * nb);
+    packing::order_line(col, nb, nb, packing::kFullBlock, p[6] + i, p[7] + i * nb);
   }
   return as_tuple(out);
 }

@@ -157,5 +157,16 @@ PP_HD int8_t block_class(const BlockFeat& q, const BlockFeat& k, int64_t r, int6
   return (unpadded && one_sample && order_ok && noise_ok) ? kFullBlock : kPartial;
 }
 
+// create_block_mask's ordering of one line of n classes read with `stride` (a kv row: stride 1;
+// a q column: stride nb): indices of class `want` ascending, then all others ascending
+// (what its stable descending argsort of the 0/1 block matrix yields). Writes *count and idx[n].
+PP_HD void order_line(const int8_t* cls, int64_t stride, int64_t n, int8_t want, int32_t* count,
+                      int32_t* idx) {
+  int32_t k = 0;
+  for (int64_t c = 0; c < n; ++c) if (cls[c * stride] == want) idx[k++] = (int32_t)c;
+  *count = k;
+  for (int64_t c = 0; c < n; ++c) if (cls[c * stride] != want) idx[k++] = (int32_t)c;
+}
+
 }  // namespace packing
 }  // namespace procpaint
