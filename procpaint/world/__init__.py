@@ -3,8 +3,24 @@
 from .critique_grammar import Critique, Error, critique_text, parse_critique
 from .detect import Detection, Detector
 from .edit import EditError, apply_op, apply_ops
-from .grammar import (Add, Op, ParseError, Remove, Replace, SetAttr, Swap, ops_text, parse_ops, parse_plan,
-                      parse_prompt, parse_refine, plan_text, prompt_text, refine_text, vocabulary)
+from .grammar import (
+                      Add,
+                      Op,
+                      ParseError,
+                      Remove,
+                      Replace,
+                      SetAttr,
+                      Swap,
+                      ops_text,
+                      parse_ops,
+                      parse_plan,
+                      parse_prompt,
+                      parse_refine,
+                      plan_text,
+                      prompt_text,
+                      refine_text,
+                      vocabulary,
+)
 from .judge import SymbolicJudge, compare_plan, compare_state
 from .prompts import TAGS, heldout_prompts, is_heldout, sample_prompt
 from .registry import build, import_path
@@ -15,7 +31,8 @@ __all__ = [
     "Add", "COLORS", "Critique", "Detection", "Detector", "EditError", "Error", "Obj", "Op", "ParseError",
     "Placed", "Remove", "Renderer", "Replace", "SHAPES", "SIZES", "SetAttr", "Spec", "State", "Swap",
     "SymbolicJudge", "TAGS", "apply_op", "apply_ops", "build", "compare_plan", "compare_state", "consistent",
-    "critique_text", "heldout_prompts", "import_path", "is_heldout", "ops_text", "parse_critique", "parse_ops",
+    "critique_text", "heldout_prompts", "import_path", "is_heldout", "ops_text", "parse_critique",
+    "parse_ops",
     "parse_plan", "parse_prompt", "parse_refine", "plan_text", "prompt_text", "realize", "refine_text",
     "sample_prompt", "satisfies", "vocabulary",
 ]

@@ -19,8 +19,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .grammar import (NUMBERS, REL_PHRASES, ParseError, _at_rel, _join, _pick, _read_attrs_noun, _Reader,
-                      _words, list_words, obj_words, read_list, read_obj, read_ref, read_rel, ref_words)
+from .grammar import (
+    NUMBERS,
+    REL_PHRASES,
+    ParseError,
+    _at_rel,
+    _join,
+    _pick,
+    _read_attrs_noun,
+    _Reader,
+    _words,
+    list_words,
+    obj_words,
+    read_list,
+    read_obj,
+    read_ref,
+    read_rel,
+    ref_words,
+)
 from .scene import COLORS, SHAPES, SIZES, Obj
 
 WORDS = {"image", "matches", "plan", "it", "shows", "does", "not", "match", "consistent", "prompt",
@@ -71,7 +87,8 @@ def error_words(e: Error, rng=None) -> list[str]:
 def critique_text(c: Critique, rng=None) -> str:
     if c.subject == "image":
         if c.ok:
-            words = ["the", "image", "matches", "the", "plan", ":", "it", "shows", *list_words(c.objects, rng), "."]
+            words = ["the", "image", "matches", "the", "plan", ":", "it", "shows",
+                     *list_words(c.objects, rng), "."]
         else:
             words = ["the", "image", "does", "not", "match", "the", "plan", "."]
     elif c.ok and not c.objects and not c.relations:

@@ -40,8 +40,8 @@ def apply_op(state: State, op: Op, rng: random.Random | None = None) -> State:
             free = State(tuple(objs)).free_cells()
             if op.relation:
                 anchor = objs[_one(State(tuple(objs)), op.relation[1])]
-                free = [c for c in free if relation_holds(Placed(o.shape, o.color, o.size, *c), op.relation[0],
-                                                          anchor)]
+                rel = op.relation[0]
+                free = [c for c in free if relation_holds(Placed(o.shape, o.color, o.size, *c), rel, anchor)]
             if not free:
                 raise EditError(f"no free cell for {o} ({op.relation or 'anywhere'})")
             objs.append(Placed(o.shape, o.color, o.size, *free[rng.randrange(len(free))], uid=next_uid))

@@ -162,7 +162,7 @@ def relation_words(objs, rel, rng=None) -> list[str]:
 
 def spec_words(spec: Spec, rng=None, inline: bool = True) -> list[str]:
     objs = spec.objects
-    if inline and len(objs) == 2 and len(spec.relations) == 1 and spec.relations[0][0] != spec.relations[0][2]:
+    if inline and len(objs) == 2 and len(spec.relations) == 1:
         a, r, b = spec.relations[0]
         if a == 1:                               # keep the object order of the spec
             a, r, b = 0, INVERSE[r], 1
@@ -363,7 +363,7 @@ def parse_refine(text: str) -> tuple[Op, ...]:
 
 def vocabulary() -> list[str]:
     """Every word (and punctuation mark) the grammar can emit, sorted; tags are special tokens."""
-    from . import critique_grammar                # the critique templates live beside their parser
+    from . import critique_grammar  # the critique templates live beside their parser
 
     words = {*COLORS, *SHAPES, *PLURALS.values(), *SIZES, *NUMBERS, ",", ".", ":",
              "a", "an", "the", "is", "then", "and", "of", "to", "with", "into", "empty", "canvas",

@@ -19,7 +19,7 @@ import numpy as np
 from .critique_grammar import Critique, Error, critique_text
 from .detect import Detector
 from .grammar import Add, Remove, Replace, SetAttr, Swap, parse_plan, parse_prompt, refine_text
-from .scene import INVERSE, Obj, Spec, State, match, relation_holds
+from .scene import INVERSE, Obj, Spec, State, relation_holds
 
 
 def _pair_unmatched(left: list[Obj], right: list[Obj]) -> tuple[list, list[Obj], list[Obj]]:
@@ -69,7 +69,8 @@ def _leftover_errors(extra: list[Obj], missing: list[Obj], drawn_all, wanted_all
 def _index_map(full: list[Obj], partial: list[Obj]) -> dict[int, int]:
     """Greedy exact-compatible assignment partial index -> full index."""
     out, used = {}, set()
-    order = sorted(range(len(partial)), key=lambda j: -((partial[j].color is not None) + (partial[j].size is not None)))
+    order = sorted(range(len(partial)),
+                   key=lambda j: -((partial[j].color is not None) + (partial[j].size is not None)))
     for j in order:
         for i, f in enumerate(full):
             if i not in used and f.compatible(partial[j]):

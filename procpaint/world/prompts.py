@@ -80,4 +80,5 @@ def sample_split_prompt(rng: np.random.Generator, tag: str, fraction: float, hel
 def heldout_prompts(n: int, seed: int = 0, fraction: float = 0.05, tags=TAGS) -> list[tuple[str, Spec]]:
     """``n`` (tag, spec) evaluation prompts disjoint from any training build with this ``fraction``."""
     rng = np.random.default_rng([seed, 7919])
-    return [(tags[k % len(tags)], sample_split_prompt(rng, tags[k % len(tags)], fraction, True)) for k in range(n)]
+    return [(tags[k % len(tags)], sample_split_prompt(rng, tags[k % len(tags)], fraction, True))
+            for k in range(n)]

@@ -10,7 +10,7 @@ after step *i* renders as the image after step *i*.
 from __future__ import annotations
 
 import random
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def inside(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 MASK_RES = 512
 
 
-@lru_cache(maxsize=None)
+@cache
 def unit_mask(shape: str) -> np.ndarray:
     """(MASK_RES + 1, MASK_RES + 1) bool membership on a fine grid over [-1, 1]^2, with a false
     border row/column that out-of-frame lookups are clipped onto."""
@@ -66,7 +66,7 @@ def unit_mask(shape: str) -> np.ndarray:
     return np.pad(inside(shape, x, y), ((0, 1), (0, 1)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def unit_stats(shape: str, n: int = 400) -> tuple[float, float, float]:
     """(area, centroid x, centroid y) of the unit shape; the detector inverts size and centre."""
     t = (np.arange(n) + 0.5) / n * 2 - 1

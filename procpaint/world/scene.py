@@ -186,7 +186,8 @@ def realize(spec: Spec, rng: np.random.Generator, tries: int = 200) -> State:
     cells = [(r, c) for r in range(GRID) for c in range(GRID)]
     for _ in range(tries):
         pick = rng.permutation(len(cells))[: len(objs)]
-        placed = tuple(Placed(o.shape, o.color, o.size, *cells[k], uid=n) for n, (o, k) in enumerate(zip(objs, pick)))
+        placed = tuple(Placed(o.shape, o.color, o.size, *cells[k], uid=n)
+                       for n, (o, k) in enumerate(zip(objs, pick)))
         if all(relation_holds(placed[a], r, placed[b]) for a, r, b in spec.relations):
             return State(placed, spec.relations)
     raise ValueError(f"could not place {spec} (contradictory relations?)")

@@ -1,0 +1,79 @@
+"""Data-construction settings: sizes and ratios of the three subsets, world settings, components.
+
+``PRESETS["paper"]`` has the paper's subset sizes (32,012 multi-turn; 15,201 conflict with 6,905
+positive; 15,000 alignment with 5,000 positive); ``default`` is small enough for a CPU minute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from ..world.prompts import TAGS
+
+FORMAT_VERSION = 1
+SUBSETS = ("multiturn", "conflict", "alignment")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    seed: int = 0
+    image_size: int = 32                     # px; the renderer's grid is 3x3 cells
+    multiturn: int = 600                     # samples per subset
+    conflict: int = 300
+    alignment: int = 300
+    conflict_positive: float = 6905 / 15201  # share of consistent plans among conflict samples
+    alignment_positive: float = 1 / 3        # share of aligned images among alignment samples
+    max_images: int = 5                      # per multi-turn trajectory (paper: max 5)
+    edit_share: float = 0.35                 # share of trajectories with a rewritten edit step
+    refine_share: float = 0.2                # per round: a flawed draft, critique, <refine>, fix
+    heldout_fraction: float = 0.05           # prompts reserved for evaluation (never built)
+    verify_images: float = 1.0               # share of rendered images re-checked by the detector
+    shard_size: int = 1000                   # records per JSONL shard
+    # Composite and counting prompts give the long trajectories (paper: 3.51 images on average).
+    tag_weights: dict = field(default_factory=lambda: {t: 3.0 if t == "composite" else 1.5 if t == "counting"
+                                                       else 1.0 for t in TAGS})
+    painter: str = "procpaint.world.render:Renderer"
+    judge: str = "procpaint.world.judge:SymbolicJudge"
+    conflict_source: str = "symbolic"        # "symbolic" (+ scene graph) or "self" (needs a checkpoint)
+
+    def __post_init__(self):
+        for k in ("conflict_positive", "alignment_positive", "edit_share", "refine_share",
+                  "heldout_fraction", "verify_images"):
+            v = getattr(self, k)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"DataConfig.{k} must be in [0, 1], got {v}")
+        for k in ("multiturn", "conflict", "alignment"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"DataConfig.{k} must be >= 0, got {getattr(self, k)}")
+        if not 1 <= self.max_images <= 9:
+            raise ValueError(f"DataConfig.max_images must be in [1, 9], got {self.max_images}")
+        if self.shard_size < 1:
+            raise ValueError(f"DataConfig.shard_size must be >= 1, got {self.shard_size}")
+        unknown = set(self.tag_weights) - set(TAGS)
+        if unknown or not any(v > 0 for v in self.tag_weights.values()):
+            raise ValueError(f"DataConfig.tag_weights: unknown tags {sorted(unknown)} or no positive weight; "
+                             f"known tags {TAGS}")
+        if self.conflict_source not in ("symbolic", "self"):
+            raise ValueError(f"DataConfig.conflict_source must be 'symbolic' or 'self', "
+                             f"got {self.conflict_source!r}")
+
+    def size(self, subset: str) -> int:
+        return getattr(self, subset)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "default": DataConfig(),
+    "tiny": DataConfig(multiturn=24, conflict=12, alignment=12, shard_size=10),
+    # The detector re-check costs ~5 ms per image; 10% keeps the paper-sized build in minutes.
+    "paper": DataConfig(multiturn=32012, conflict=15201, alignment=15000, conflict_positive=6905 / 15201,
+                        alignment_positive=5000 / 15000, verify_images=0.1, shard_size=2000),
+}
+
+
+def preset(name: str, **overrides) -> DataConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown data preset {name!r}; known: {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
