@@ -274,9 +274,12 @@ class Packer:
         ppt = self.planner.ppt
         if imgs:
             Hm, Wm = max(int(im.shape[1]) for im in imgs), max(int(im.shape[2]) for im in imgs)
-            images = torch.zeros(len(imgs), 3, Hm, Wm, dtype=torch.float32)
-            for r, im in enumerate(imgs):
-                images[r, :, : im.shape[1], : im.shape[2]] = im
+            if all(im.shape[1:] == (Hm, Wm) for im in imgs):
+                images = torch.stack(imgs).float()
+            else:  # mixed sizes: zero-pad bottom/right to the largest
+                images = torch.zeros(len(imgs), 3, Hm, Wm, dtype=torch.float32)
+                for r, im in enumerate(imgs):
+                    images[r, :, : im.shape[1], : im.shape[2]] = im
         else:
             Wm, images = ppt, torch.zeros(0, 3, 0, 0, dtype=torch.float32)
 

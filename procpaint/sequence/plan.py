@@ -97,8 +97,8 @@ class SequencePlan:
         n_noise = 0
         positions, text_off, text_ids = [], [], []
         lat_off, lat_img, lat_row, lat_col, lat_noise = [], [], [], [], []
-        ce_off: list[int] = []
-        ce_lab: list[int] = []
+        ce_off: list[np.ndarray] = []
+        ce_lab: list[np.ndarray] = []
         for it in self.items:
             n = it.num_tokens
             pos += it.rope_skip
@@ -109,13 +109,12 @@ class SequencePlan:
                 ids = np.asarray(it.token_ids, dtype=np.int64)
                 text_ids.append(ids)
                 if it.loss:
-                    # token j is predicted by offset cur+j-1; the first one by prev_clean.
+                    # token j is predicted by offset cur+j-1, the first one by prev_clean (if any).
+                    pred = np.arange(cur - 1, cur + n - 1, dtype=np.int64)
+                    pred[0] = prev_clean
                     first = 0 if prev_clean >= 0 else 1
-                    if first == 0:
-                        ce_off.append(prev_clean)
-                        ce_lab.append(int(ids[0]))
-                    ce_off.extend(range(cur, cur + n - 1))
-                    ce_lab.extend(int(i) for i in ids[1:])
+                    ce_off.append(pred[first:])
+                    ce_lab.append(ids[first:])
                 prev_clean = cur + n - 1
             else:
                 h, w = it.grid
@@ -129,8 +128,8 @@ class SequencePlan:
                 if it.mode == NOISE:
                     # Modality switch: the last clean token before a generated image predicts it.
                     if prev_clean >= 0:
-                        ce_off.append(prev_clean)
-                        ce_lab.append(self.vision_start_id)
+                        ce_off.append(np.array([prev_clean], dtype=np.int64))
+                        ce_lab.append(np.array([self.vision_start_id], dtype=np.int64))
                     lat_noise.append(np.full(h * w, n_noise, dtype=np.int64))
                     n_noise += 1
                     # No position advance and prev_clean unchanged: the clean copy stands in.
@@ -140,8 +139,8 @@ class SequencePlan:
                     prev_clean = cur + n - 1        # the clean <|vision_end|> predicts what follows
             cur += n
         if self.eos and prev_clean >= 0:
-            ce_off.append(prev_clean)
-            ce_lab.append(self.eos_id)
+            ce_off.append(np.array([prev_clean], dtype=np.int64))
+            ce_lab.append(np.array([self.eos_id], dtype=np.int64))
 
         def cat(parts: list[np.ndarray]) -> np.ndarray:
             return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -152,7 +151,7 @@ class SequencePlan:
             position_ids=cat(positions), text_offsets=cat(text_off), text_ids=cat(text_ids),
             latent_offsets=cat(lat_off), latent_image=cat(lat_img), latent_rows=cat(lat_row),
             latent_cols=cat(lat_col), latent_noise_split=cat(lat_noise),
-            ce_offsets=np.asarray(ce_off, dtype=np.int64), ce_labels=np.asarray(ce_lab, dtype=np.int64),
+            ce_offsets=cat(ce_off), ce_labels=cat(ce_lab),
             num_noise_splits=n_noise,
         )
 
