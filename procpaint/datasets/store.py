@@ -1,0 +1,181 @@
+"""Building a dataset directory: sharded JSONL + PNG images + tokenizer.json + manifest.json.
+
+Layout (data/README.md)::
+
+    DIR/manifest.json                      written last: its presence means "complete"
+    DIR/tokenizer.json                     WordLevel over the world's vocabulary
+    DIR/<subset>/shard-00000.jsonl         one record per line
+    DIR/<subset>/shard-00000.stats.json    per-shard statistics (resume bookkeeping)
+    DIR/<subset>/images/00000/*.png        images, referenced by relative path
+    DIR/<subset>/state.json                the settings the subset was built with
+
+Every file goes to a temporary name and is renamed. A shard counts as done when its JSONL exists;
+a re-run with the same settings skips done shards (resume), with different settings it removes the
+subset's files and rebuilds (restart). Each sample is a pure function of (seed, subset, index), and
+shards are written whole by one worker, so output is byte-identical for any ``workers``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
+
+from ..sequence.tokenizer import TextTokenizer, build_word_level
+from ..world.grammar import vocabulary
+from ..world.scene import BACKGROUND, COLORS, GRID, SHAPES, SIZES
+from .config import FORMAT_VERSION, SUBSETS, DataConfig
+from .records import Context, make_record
+
+_CTX: dict = {}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=6)   # deterministic for a Pillow version
+    return buf.getvalue()
+
+
+def _subset_state(cfg: DataConfig, subset: str) -> dict:
+    d = cfg.to_dict()
+    for other in SUBSETS:
+        if other != subset:
+            d.pop(other)
+    return {"format_version": FORMAT_VERSION, "subset": subset, "config": d}
+
+
+def _build_shard(job) -> dict:
+    cfg_dict, subset, shard, start, end, out = job
+    key = json.dumps(cfg_dict, sort_keys=True)
+    if key not in _CTX:
+        _CTX.clear()
+        _CTX[key] = Context(DataConfig(**cfg_dict))
+    ctx, out = _CTX[key], Path(out)
+    st = {"samples": 0, "images": 0, "images_max": 0, "positive": 0, "negative": 0, "rejected": 0,
+          "tags": Counter(), "ops": Counter(), "errors": Counter()}
+    lines = []
+    for i in range(start, end):
+        rec, images, rejected = make_record(ctx, subset, i, shard)
+        for rel, img in images:
+            atomic_write(out / rel, png_bytes(img))
+        lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":")))
+        st["samples"] += 1
+        st["images"] += len(images)
+        st["images_max"] = max(st["images_max"], len(images))
+        st["rejected"] += rejected
+        if rec["label"] in ("positive", "negative"):
+            st[rec["label"]] += 1
+        st["tags"][rec["tag"]] += 1
+        st["ops"].update(rec["ops"])
+        st["errors"].update(rec["errors"])
+    base = out / subset / f"shard-{shard:05d}"
+    atomic_write(base.with_suffix(".stats.json"), json.dumps(st, sort_keys=True).encode())
+    atomic_write(base.with_suffix(".jsonl"), ("\n".join(lines) + "\n").encode())   # marks the shard done
+    return st
+
+
+def _merge(stats: list[dict]) -> dict:
+    tot = {"samples": 0, "images": 0, "images_max": 0, "positive": 0, "negative": 0, "rejected": 0}
+    hists = {"tags": Counter(), "ops": Counter(), "errors": Counter()}
+    for s in stats:
+        for k in tot:
+            tot[k] = max(tot[k], s[k]) if k == "images_max" else tot[k] + s[k]
+        for k in hists:
+            hists[k].update(s[k])
+    n = max(tot["samples"], 1)
+    return {"samples": tot["samples"], "images": tot["images"], "rejected_constructions": tot["rejected"],
+            "images_per_sample": {"avg": round(tot["images"] / n, 4), "max": tot["images_max"]},
+            "positive": tot["positive"], "negative": tot["negative"],
+            **{k: dict(sorted(v.items())) for k, v in hists.items()}}
+
+
+def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = None, *, workers: int = 1,
+                  progress: bool = True, checkpoint: str | None = None) -> dict:
+    """Build (or resume) ``subsets`` into ``out`` and return the manifest written last.
+
+    Training calls this to create the default dataset in a cache directory when it is missing.
+    """
+    cfg = cfg or DataConfig()
+    if checkpoint is not None or cfg.conflict_source == "self":
+        raise NotImplementedError(
+            "self-sampled conflict data needs a multi-turn checkpoint and the Plan->Sketch->Inspect->Refine "
+            "inference loop (procpaint.inference), which is not available yet; build the symbolic "
+            "'+ scene graph' variant instead (omit --checkpoint)")
+    if subsets in ("all", None):
+        subsets = SUBSETS
+    subsets = (subsets,) if isinstance(subsets, str) else tuple(subsets)
+    bad = set(subsets) - set(SUBSETS)
+    if bad:
+        raise ValueError(f"unknown subset(s) {sorted(bad)}; choose from {SUBSETS} or 'all'")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    jobs = []
+    for sub in subsets:
+        state = _subset_state(cfg, sub)
+        state_path = out / sub / "state.json"
+        if state_path.exists() and json.loads(state_path.read_text()) != state:
+            manifest_path.unlink(missing_ok=True)              # settings changed: restart cleanly
+            shutil.rmtree(out / sub)
+        if not state_path.exists():
+            manifest_path.unlink(missing_ok=True)
+            atomic_write(state_path, json.dumps(state, sort_keys=True, indent=1).encode())
+        n = cfg.size(sub)
+        for shard, start in enumerate(range(0, n, cfg.shard_size)):
+            if not (out / sub / f"shard-{shard:05d}.jsonl").exists():
+                jobs.append((cfg.to_dict(), sub, shard, start, min(start + cfg.shard_size, n), str(out)))
+    if jobs:
+        manifest_path.unlink(missing_ok=True)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=sum(j[4] - j[3] for j in jobs), unit="sample", desc="building")
+        if workers > 1:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for st in pool.imap_unordered(_build_shard, jobs):
+                    bar and bar.update(st["samples"])
+        else:
+            for job in jobs:
+                st = _build_shard(job)
+                bar and bar.update(st["samples"])
+        bar and bar.close()
+    tok_path = out / "tokenizer.json"
+    TextTokenizer(build_word_level(vocabulary())).save(tok_path)
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"subsets": {}}
+    for sub in SUBSETS:                                        # every complete subset in the directory
+        state_path = out / sub / "state.json"
+        if not state_path.exists():
+            continue
+        sub_cfg = json.loads(state_path.read_text())["config"]
+        n = DataConfig(**{**sub_cfg, sub: sub_cfg.get(sub, 0)}).size(sub)
+        shards = [f"{sub}/shard-{k:05d}.jsonl" for k in range(-(-n // sub_cfg["shard_size"]))]
+        if all((out / s).exists() for s in shards):
+            stats = [json.loads((out / s.replace(".jsonl", ".stats.json")).read_text()) for s in shards]
+            manifest["subsets"][sub] = {"shards": shards, **_merge(stats), "config": sub_cfg}
+    manifest.update({
+        "format_version": FORMAT_VERSION, "seed": cfg.seed, "tokenizer": "tokenizer.json",
+        "world": {"image_size": cfg.image_size, "grid": GRID, "shapes": list(SHAPES), "colors": list(COLORS),
+                  "sizes": list(SIZES), "background": list(BACKGROUND), "painter": cfg.painter,
+                  "judge": cfg.judge},
+    })
+    atomic_write(manifest_path, json.dumps(manifest, sort_keys=True, indent=1).encode())
+    return manifest
+
+
+def with_samples(cfg: DataConfig, subsets, n: int) -> DataConfig:
+    """Config with ``n`` samples for each named subset (the CLI's ``--samples``)."""
+    return replace(cfg, **{s: n for s in subsets})
