@@ -38,7 +38,8 @@ class DataConfig:
     overflow_buffer: int = 64             # samples held back by the streaming best-fit packer
     p_drop_text: float = 0.1              # CFG: probability of dropping the text prompt
     p_drop_image: float = 0.1             # CFG: probability of dropping image context
-    val_samples: int = 64                 # held-out samples for validation losses
+    val_root: str | None = None           # validation dataset; None: built beside procedural data
+    val_samples: int = 64                 # samples of the built validation set
     num_workers: int = 0
 
     def __post_init__(self):

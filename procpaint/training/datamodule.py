@@ -43,10 +43,10 @@ class PackStream(IterableDataset):
     def _samples(self, epoch: int, worker: int, num_workers: int):
         from procpaint.datasets import TrajectoryDataset
 
-        ds = TrajectoryDataset(self.root, image_size=self.cfg.data.image_size, split=self.split,
-                               rank=self.rank * num_workers + worker,
-                               world_size=self.world_size * num_workers,
-                               subsets=self.cfg.data.subsets, shuffle_seed=self.cfg.seed + epoch)
+        ds = TrajectoryDataset(self.root, subsets=self.cfg.data.subsets, image_size=self.cfg.data.image_size,
+                               rank=self.rank * num_workers + worker, world_size=self.world_size * num_workers,
+                               shuffle=self.split == "train", seed=self.cfg.seed)
+        ds.set_epoch(epoch)
         return iter(ds)
 
     def _packer(self, worker: int):
@@ -55,6 +55,7 @@ class PackStream(IterableDataset):
         d, m = self.cfg.data, self.cfg.model_config()
         return Packer(self.tokenizer, max_tokens=d.max_tokens, max_tokens_per_sample=d.max_tokens_per_sample,
                       overflow_buffer=d.overflow_buffer, pixels_per_token=m.pixels_per_token,
+                      max_latent_size=m.max_latent_size,
                       p_drop_text=d.p_drop_text if self.split == "train" else 0.0,
                       p_drop_image=d.p_drop_image if self.split == "train" else 0.0,
                       timestep_shift=self.cfg.loss.timestep_shift,
@@ -104,19 +105,38 @@ class ProcPaintDataModule(L.LightningDataModule):
                           "subsets": sorted(d.subsets)}, sort_keys=True)
         return Path(d.cache_dir) / f"procedural-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
+    @property
+    def val_root(self) -> Path | None:
+        """Validation data: data.val_root, or a separately seeded procedural set inside the built one
+        (None for user data without a val_root: validation is then off)."""
+        if self.cfg.data.val_root is not None:
+            return Path(self.cfg.data.val_root)
+        return self.root / "val" if self.cfg.data.root is None else None
+
+    def _build(self, out: Path, samples: int, seed: int) -> None:
+        from procpaint.datasets import DataConfig, build_dataset
+
+        base = DataConfig()
+        total = sum(base.size(s) for s in self.cfg.data.subsets)
+        sizes = {s: max(1, round(samples * base.size(s) / total)) if s in self.cfg.data.subsets else 0
+                 for s in ("multiturn", "conflict", "alignment")}
+        cfg = DataConfig(seed=seed, image_size=self.cfg.data.image_size, shard_size=max(8, samples // 4), **sizes)
+        log.info("building procedural data into %s (once)", out)
+        build_dataset(out, subsets=tuple(self.cfg.data.subsets), cfg=cfg, workers=1, progress=True)
+
     def prepare_data(self) -> None:
         """Build the procedural dataset once (rank 0) when no dataset root was given."""
         root = self.root
-        if (root / "manifest.json").is_file():
-            return
         if self.cfg.data.root is not None:
-            raise FileNotFoundError(f"data.root={root} has no manifest.json: not a procpaint dataset "
-                                    "(build one with `python data/build.py all --out DIR`)")
-        from procpaint.datasets import build_dataset
-
-        log.info("building the procedural dataset into %s (once)", root)
-        build_dataset(root, subsets=list(self.cfg.data.subsets), samples=self.cfg.data.build_samples,
-                      seed=self.cfg.seed, image_size=self.cfg.data.image_size, progress=True)
+            if not (root / "manifest.json").is_file():
+                raise FileNotFoundError(f"data.root={root} has no manifest.json: not a procpaint dataset "
+                                        "(build one with `python data/build.py all --out DIR`)")
+        elif not (root / "manifest.json").is_file():
+            self._build(root, self.cfg.data.build_samples, self.cfg.seed)
+        if self.val_root is not None and not (self.val_root / "manifest.json").is_file():
+            if self.cfg.data.val_root is not None:
+                raise FileNotFoundError(f"data.val_root={self.val_root} has no manifest.json")
+            self._build(self.val_root, self.cfg.data.val_samples, self.cfg.seed + 10_000)
 
     def load_tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:
@@ -139,9 +159,11 @@ class ProcPaintDataModule(L.LightningDataModule):
                                persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:
+        if self.val_root is None:
+            return []
         if self._val is None:
             rank, world = self._rank()
-            stream = PackStream(self.cfg, self.root, self.load_tokenizer(), rank=rank, world_size=world,
+            stream = PackStream(self.cfg, self.val_root, self.load_tokenizer(), rank=rank, world_size=world,
                                 split="val")
             limit = self.cfg.trainer.limit_val_batches or 4
             self._val = list(itertools.islice(iter(stream), limit))
