@@ -328,8 +328,13 @@ def parse_ops(text: str) -> tuple[Op, ...]:
 
 # ---------------------------------------------------------------- plans
 
+def describe(spec: Spec, rng=None) -> str:
+    """The global description (``<des>`` body) of a scene."""
+    return _join(spec_words(spec, rng, inline=False)) if spec.objects else "an empty canvas"
+
+
 def plan_text(ops, state_spec: Spec, rng=None) -> str:
-    des = _join(spec_words(state_spec, rng, inline=False)) if state_spec.objects else "an empty canvas"
+    des = describe(state_spec, rng)
     return f"<ins>{ops_text(ops, rng)}</ins><des>{des}</des>"
 
 
