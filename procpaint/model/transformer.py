@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from procpaint.model.attention import AttnContext, build_attention
-from procpaint.model.codecs import build_codec
+from procpaint.model.codecs import LatentCodec, build_codec
 from procpaint.model.config import ModelConfig
 from procpaint.model.embeddings import RotaryEmbedding, TimestepEmbedder, sincos_2d
 from procpaint.model.layers import KVCache, LayerInputs, MoTDecoderLayer, RMSNorm, Routing
@@ -58,14 +58,14 @@ class ModelOutput:
 class ProcPaintModel(nn.Module):
     """BAGEL-style MoT (``cfg.mot``) or dense transformer over one packed interleaved sequence."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, codec: LatentCodec | None = None):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (from the tokenizer) before building the model")
         self.cfg = cfg
         self.attn_backend = cfg.attn_backend           # may be changed after construction
         d = cfg.hidden_size
-        self.codec = build_codec(cfg)
+        self.codec = codec if codec is not None else build_codec(cfg)
         if self.codec.latent_dim != cfg.latent_dim:
             raise ValueError(f"codec latent dim {self.codec.latent_dim} != model latent_dim {cfg.latent_dim}")
         self.embed_tokens = nn.Embedding(cfg.vocab_size, d)

@@ -1,0 +1,86 @@
+"""Latent codecs: exact pixel round trip and token layout; a tiny random AutoencoderKL when
+diffusers is installed."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+import torch
+
+from procpaint.model import PixelCodec, VAECodec, build_codec, build_model, model_config
+from procpaint.model.codecs import patchify, unpatchify
+
+
+@pytest.mark.parametrize("p,hw", [(1, (3, 5)), (2, (8, 6)), (4, (16, 12))])
+def test_pixel_round_trip_exact(p, hw):
+    images = torch.rand(3, 3, *hw) * 2 - 1
+    codec = PixelCodec(p)
+    tokens = codec.encode(images)
+    h, w = codec.grid(*hw)
+    assert tokens.shape == (3, h * w, 3 * p * p)
+    assert torch.equal(codec.decode(tokens, h, w), images)
+
+
+def test_pixel_token_layout_is_row_major_dy_dx_c():
+    images = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    tokens = PixelCodec(2).encode(images)                                   # grid 2 x 3
+    i, r, c = 1, 1, 2                                                       # image 1, token row 1, col 2
+    tok = tokens[i, r * 3 + c].reshape(2, 2, 3)                             # (dy, dx, channel)
+    for dy in range(2):
+        for dx in range(2):
+            assert torch.equal(tok[dy, dx], images[i, :, 2 * r + dy, 2 * c + dx])
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(ValueError, match="not divisible by 2 pixels"):
+        PixelCodec(2).encode(torch.zeros(1, 3, 5, 4))
+    with pytest.raises(ValueError, match="patch_size=2"):
+        patchify(torch.zeros(1, 3, 5, 4), 2)
+    with pytest.raises(ValueError, match="grid"):
+        unpatchify(torch.zeros(1, 5, 12), 2, 3, 2)
+    with pytest.raises(ValueError, match="latent_channels=3"):
+        build_codec(dataclasses.replace(model_config("debug"), latent_channels=4))
+
+
+def test_vae_placeholder_without_path_raises_on_use():
+    codec = build_codec(model_config("bagel-7b"))
+    assert isinstance(codec, VAECodec) and codec.latent_dim == 64 and codec.pixels_per_token == 16
+    with pytest.raises(RuntimeError, match="model.vae_path"):
+        codec.encode(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VAECodec("/nonexistent/vae", 16, 8, 2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers not installed")
+def test_tiny_autoencoder_kl(tmp_path):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=4, sample_size=16,
+                        scaling_factor=0.5, shift_factor=0.1)
+    vae.save_pretrained(tmp_path / "vae")
+    cfg = model_config("debug", vocab_size=16, codec="vae", vae_path=str(tmp_path / "vae"), latent_channels=4,
+                       latent_downsample=2, patch_size=2)
+    codec = build_codec(cfg)
+    assert codec.scale == 0.5 and codec.shift == pytest.approx(0.1)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    tokens = codec.encode(images)
+    assert tokens.shape == (2, 16, 16)                                      # 4x4 tokens of 4*2*2 channels
+    with torch.no_grad():
+        z = vae.encode(images).latent_dist.mode()
+    torch.testing.assert_close(tokens, patchify((z - 0.1) * 0.5, 2))
+    out = codec.decode(tokens, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(out, vae.decode(z).sample, atol=1e-5, rtol=1e-5)
+    # The VAE is frozen inside the model and stays in eval mode.
+    model = build_model(cfg).train()
+    assert not model.codec.vae.training
+    assert not any(p.requires_grad for p in model.codec.vae.parameters())
+    bad = dataclasses.replace(cfg, latent_channels=16)
+    with pytest.raises(ValueError, match="latent_channels=4"):
+        build_codec(bad)
