@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import random
 import sys
@@ -93,8 +94,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     ap.add_argument("--samples", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: as in a DataLoader worker, where packing runs)")
     ap.add_argument("--out", help="write a markdown table here")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     n = 300 if args.quick else args.samples
     tok = TextTokenizer(build_word_level(WORDS))
     samples = make_samples(n, seed=0)
@@ -118,7 +122,9 @@ def main() -> None:
                        platform.processor())
         with open(args.out, "w") as f:
             f.write(f"# Packing benchmark ({datetime.date.today().isoformat()})\n\n")
-            f.write(f"- machine: {cpu}, {torch.get_num_threads()} threads ({platform.machine()})\n")
+            f.write(f"- machine: {cpu}, {os.cpu_count()} cores ({platform.machine()}), load average "
+                    f"{os.getloadavg()[0]:.1f} at the end (shared machine); torch threads "
+                    f"{torch.get_num_threads()}\n")
             f.write(f"- torch {torch.__version__}, Python {platform.python_version()}\n")
             f.write(f"- command: `python {' '.join(sys.argv)}`\n")
             f.write(f"- data: {n} synthetic trajectories (text 20-150 tokens/segment, images 16-1024 "

@@ -90,7 +90,8 @@ class Packer:
         p_drop_text / p_drop_image: CFG dropout, per sample: all prompt segments (roles in
             ``cfg_text_roles``) are removed together / all context images (ImageSegment loss=False).
         timestep_shift: s of the shifted logit-normal timestep distribution.
-        max_wait_packs: a sample buffered this many packs is emitted next, whatever the fill.
+        max_wait_packs: a sample buffered this many packs goes into the next pack (filled around it);
+            default 2 * overflow_buffer + 8, beyond the buffer's normal turnover.
         pad_to_budget: add the padding sample so every pack has exactly max_tokens tokens.
         seed: seeds the generator behind dropout and timesteps; the output is a function of
             (seed, sample stream, arguments).
@@ -99,13 +100,16 @@ class Packer:
     def __init__(self, tokenizer: TextTokenizer, *, pixels_per_token: int, max_tokens: int = 33000,
                  max_tokens_per_sample: int | None = None, overflow_buffer: int = 64,
                  p_drop_text: float = 0.0, p_drop_image: float = 0.0, timestep_shift: float = 1.0,
-                 max_wait_packs: int = 32, pad_to_budget: bool = True, max_latent_size: int | None = None,
-                 cfg_text_roles: tuple[str, ...] = ("prompt",), seed: int = 0):
+                 max_wait_packs: int | None = None, pad_to_budget: bool = True,
+                 max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt",),
+                 seed: int = 0):
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         limit = max_tokens if max_tokens_per_sample is None else max_tokens_per_sample
         if not 1 <= limit <= max_tokens:
             raise ValueError(f"max_tokens_per_sample must be in [1, max_tokens={max_tokens}], got {limit}")
+        if max_wait_packs is None:  # well beyond a buffer's turnover: forcing stays rare
+            max_wait_packs = 2 * overflow_buffer + 8
         if overflow_buffer < 0 or max_wait_packs < 1:
             raise ValueError(f"overflow_buffer must be >= 0 and max_wait_packs >= 1, got "
                              f"{overflow_buffer} and {max_wait_packs}")
@@ -245,7 +249,13 @@ class Packer:
             rems.insert(k, r)
             rem_bin.insert(k, b)
         if self.counters["packs"] - buf[0].enqueued >= self.max_wait:  # buffer is in arrival order
-            return sorted(next(b for b in bins if 0 in b))
+            # The oldest sample goes now, in a bin filled around it (largest that fit first).
+            chosen, rem = [0], self.max_tokens - buf[0].plan.num_tokens
+            for i in order:
+                if i and buf[i].plan.num_tokens <= rem:
+                    chosen.append(i)
+                    rem -= buf[i].plan.num_tokens
+            return sorted(chosen)
         fills = [sum(buf[i].plan.num_tokens for i in b) for b in bins]
         return sorted(bins[fills.index(max(fills))])
 
