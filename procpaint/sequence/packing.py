@@ -93,8 +93,9 @@ class Packer:
         max_wait_packs: a sample buffered this many packs goes into the next pack (filled around it);
             default 2 * overflow_buffer + 8, beyond the buffer's normal turnover.
         pad_to_budget: add the padding sample so every pack has exactly max_tokens tokens.
-        seed: seeds the generator behind dropout and timesteps; the output is a function of
-            (seed, sample stream, arguments).
+        seed: seeds two generators, one for dropout (one draw pair per arrival, so a sample's
+            decisions do not depend on the buffer or budget) and one for timesteps (per pack); the
+            output is a function of (seed, sample stream, arguments).
     """
 
     def __init__(self, tokenizer: TextTokenizer, *, pixels_per_token: int, max_tokens: int = 33000,
@@ -124,7 +125,8 @@ class Packer:
         self.max_tokens, self.limit, self.overflow_buffer = int(max_tokens), int(limit), int(overflow_buffer)
         self.p_text, self.p_image, self.shift = float(p_drop_text), float(p_drop_image), float(timestep_shift)
         self.max_wait, self.pad, self.seed = int(max_wait_packs), bool(pad_to_budget), int(seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.drop_gen = torch.Generator().manual_seed(self.seed)
+        self.time_gen = torch.Generator().manual_seed(self.seed ^ 0x5EED_7157)
         self.buffer: list[_Entry] = []
         self.buffered_tokens = 0
         self.counters = dict(samples_seen=0, packs=0, skipped_too_long=0, skipped_empty=0, dropped_text=0,
@@ -137,7 +139,7 @@ class Packer:
         c = self.counters
         arrival = c["samples_seen"]
         c["samples_seen"] += 1
-        u = torch.rand(2, generator=self.generator).tolist()  # always two draws: stream stays aligned
+        u = torch.rand(2, generator=self.drop_gen).tolist()  # always two draws: stream stays aligned
         has_text, has_image = self.planner.has_droppable(sample)
         drop_text, drop_image = has_text and u[0] < self.p_text, has_image and u[1] < self.p_image
         plan = self.planner.plan(sample, drop_text=drop_text, drop_image=drop_image)
@@ -195,7 +197,8 @@ class Packer:
         if not include_samples and any(not e.sample.id for e in self.buffer):
             raise ValueError("packer.state_dict: buffered samples without Sample.id cannot be restored "
                              "by id; give samples ids or use include_samples=True")
-        state = dict(version=1, signature=self._signature(), rng=self.generator.get_state(),
+        state = dict(version=1, signature=self._signature(),
+                     rng=[self.drop_gen.get_state(), self.time_gen.get_state()],
                      counters=dict(self.counters), warned=self._warned,
                      buffer=[dict(id=e.sample.id, arrival=e.arrival, enqueued=e.enqueued,
                                   drop_text=e.plan.dropped_text, drop_image=e.plan.dropped_image)
@@ -224,7 +227,8 @@ class Packer:
             plan = self.planner.plan(sample, drop_text=rec["drop_text"], drop_image=rec["drop_image"])
             self.buffer.append(_Entry(plan, sample, rec["arrival"], rec["enqueued"]))
             self.buffered_tokens += plan.num_tokens
-        self.generator.set_state(state["rng"])
+        self.drop_gen.set_state(state["rng"][0])
+        self.time_gen.set_state(state["rng"][1])
         self.counters = dict(state["counters"])
         self._warned = bool(state["warned"])
 
@@ -309,7 +313,7 @@ class Packer:
             [np.where(la.latent_noise_split >= 0, la.latent_noise_split + nb, -1)
              for la, nb in zip(lays, noise_base)]))
         noised = noise_split >= 0
-        t_gen = _sample_timesteps(sum(la.num_noise_splits for la in lays), self.shift, self.generator)
+        t_gen = _sample_timesteps(sum(la.num_noise_splits for la in lays), self.shift, self.time_gen)
         latent_timesteps = torch.zeros(len(noise_split), dtype=torch.float32)
         latent_timesteps[noised] = t_gen[noise_split[noised]]
         split_lens = [s for la in lays for s in la.split_lens] + ([pad_n] if pad_n else [])

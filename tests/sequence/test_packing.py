@@ -188,6 +188,17 @@ def test_deterministic_for_a_seed():
     assert not all(torch.equal(x.latent_timesteps, y.latent_timesteps) for x, y in zip(a, c))
 
 
+def test_dropout_decisions_do_not_depend_on_budget_or_buffer():
+    samples = stream(4, 50)
+
+    def lengths(**kw):
+        packs = pack_stream(samples, TOK, pixels_per_token=PPT, p_drop_text=0.5, p_drop_image=0.5, seed=1,
+                            **kw)
+        return sorted((a, n) for b in packs for a, n in zip(b.stats["arrivals"], b.sample_lens))
+
+    assert lengths(max_tokens=200, overflow_buffer=0) == lengths(max_tokens=400, overflow_buffer=9)
+
+
 def test_cfg_dropout_rates_match_p():
     rng = random.Random(7)
     img = torch.rand(3, 2, 2)
