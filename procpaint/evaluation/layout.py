@@ -1,0 +1,147 @@
+"""GenEval's folder layout and result files, shared by both benchmarks.
+
+    <outdir>/evaluation_metadata.jsonl     every prompt's metadata, one JSON object a line
+    <outdir>/<00000>/metadata.jsonl        that prompt's metadata (one line, GenEval's layout)
+    <outdir>/<00000>/samples/<0000>.png    its images
+    <outdir>/<00000>/trajectories.jsonl    procpaint extra: per image cost and end reason
+    <outdir>/results.jsonl                 one line per image, GenEval's fields: filename, tag,
+                                           prompt, correct, reason, metadata (a JSON string),
+                                           details (a JSON string: boxes per class)
+
+Everything is written to a temporary name and renamed, so an interrupted run leaves whole files
+only and a rerun picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not valid JSON: {exc.msg}") from exc
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise ValueError(f"{path}:{n}: expected an object with a 'prompt' field")
+        rows.append(row)
+    return rows
+
+
+def prompt_dir(outdir: Path, index: int) -> Path:
+    return Path(outdir) / f"{index:05d}"
+
+
+def sample_path(outdir: Path, index: int, k: int) -> Path:
+    return prompt_dir(outdir, index) / "samples" / f"{k:04d}.png"
+
+
+def write_prompt(outdir: Path, index: int, metadata: dict) -> None:
+    """The prompt folder and its metadata.jsonl (idempotent)."""
+    path = prompt_dir(outdir, index) / "metadata.jsonl"
+    line = json.dumps(metadata) + "\n"
+    if not path.is_file() or path.read_text() != line:
+        atomic_write(path, line)
+
+
+def to_uint8(image) -> np.ndarray:
+    """(3, H, W) float in [-1, 1] (torch or numpy) or (H, W, 3) uint8 -> (H, W, 3) uint8."""
+    if hasattr(image, "detach"):
+        image = image.detach().float().cpu().numpy()
+    a = np.asarray(image)
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:
+        return a
+    if a.ndim != 3 or a.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) image in [-1, 1], got shape {a.shape}")
+    return np.clip(np.round((a.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def write_image(path: Path, image) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    Image.fromarray(to_uint8(image)).save(tmp)
+    os.replace(tmp, path)
+
+
+def read_image(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one line (a whole line or nothing: single write of a short line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_costs(outdir: Path, index: int) -> dict[int, dict]:
+    """{sample k: its latest trajectory record} of one prompt folder (empty if none)."""
+    path = prompt_dir(outdir, index) / "trajectories.jsonl"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:          # a torn last line of a killed run
+            continue
+        out[int(row["sample"])] = row
+    return out
+
+
+def iter_samples(outdir: Path, metadata: list[dict], limit: int | None = None):
+    """Yield (prompt index, metadata, png path) for every image present; check folder metadata.
+
+    A folder whose own metadata.jsonl names another prompt than ``metadata[i]`` is an error
+    (images scored against the wrong prompt are worse than no score).
+    """
+    outdir = Path(outdir)
+    if not outdir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {outdir}")
+    n = len(metadata) if limit is None else min(limit, len(metadata))
+    for i in range(n):
+        folder = prompt_dir(outdir, i)
+        own = folder / "metadata.jsonl"
+        if own.is_file():
+            text = own.read_text().strip().splitlines()
+            got = json.loads(text[0]) if text else {}
+            if got.get("prompt") != metadata[i]["prompt"]:
+                raise ValueError(f"{own}: prompt {got.get('prompt')!r} does not match line {i + 1} of the "
+                                 f"metadata file ({metadata[i]['prompt']!r}); wrong --metadata?")
+        samples = folder / "samples"
+        if samples.is_dir():
+            for png in sorted(samples.glob("*.png")):
+                if not png.name.startswith("."):
+                    yield i, metadata[i], png
+
+
+def missing_prompts(outdir: Path, metadata: list[dict], limit: int | None = None) -> int:
+    n = len(metadata) if limit is None else min(limit, len(metadata))
+    return sum(not any((prompt_dir(outdir, i) / "samples").glob("[!.]*.png")) for i in range(n))
