@@ -318,10 +318,10 @@ at::Tensor euler_impl(const char* op, const at::Tensor& x_in, const at::Tensor& 
                 ": dt must be 0-d or have shape (", n, ",), got ", dt_t->sizes());
     dtc = dt_t->contiguous();
   }
-  at::Tensor x = x_in.contiguous().view({n, -1}), v = v_in.contiguous().view({n, -1});
-  const int64_t d = n == 0 ? 0 : x.size(1);
   at::Tensor out = at::empty_like(x_in, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
+  const int64_t d = x_in.numel() / n;  // x viewed as (N, D)
+  at::Tensor x = x_in.contiguous().view({n, d}), v = v_in.contiguous().view({n, d});
   const float* dptr = dtc.defined() ? dtc.data_ptr<float>() : nullptr;
   const int64_t dstride = dtc.defined() && dtc.dim() == 1 ? 1 : 0;
   const float dts = static_cast<float>(dt);

@@ -1,0 +1,342 @@
+"""Rectified-flow ops (procpaint/kernels/flow.py, csrc/flow/): kernels against the float64
+reference with torch's own same-dtype error as the yardstick, gradients, opcheck, torch.compile,
+per-image timesteps, edge cases, error messages and the timestep distribution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.library import opcheck
+
+from procpaint.kernels import flow
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SHAPES = [(n, d) for n in (1, 7, 1025) for d in (1, 3, 64, 67)] + [(33000, 64), (33000, 67)]
+OPS = torch.ops.procpaint
+
+
+def _err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return (x.double() - ref.double()).abs().max().item() if x.numel() else 0.0
+
+
+def _assert_close_as_torch(kernel, torch_same, ref, what):
+    """err_kernel <= 2 * err_torch_same_dtype, plus a few float32 ulps at the output scale so an
+    exact torch result cannot fail a kernel that is off by float32 rounding."""
+    scale = max(1.0, ref.double().abs().max().item()) if ref.numel() else 1.0
+    e_k, e_t = _err(kernel, ref), _err(torch_same, ref)
+    assert e_k <= 2 * e_t + 4 * torch.finfo(torch.float32).eps * scale, f"{what}: {e_k=} {e_t=}"
+
+
+def _inputs(n, d, dtype, k=3, device="cpu"):
+    return [torch.randn(n, d, device=device).to(dtype) for _ in range(k)]
+
+
+# --------------------------------------------------------------------------- forward accuracy
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_interpolate_matches_reference(native, n, d, dtype):
+    clean, noise = _inputs(n, d, dtype, 2)
+    t = torch.rand(n)
+    z = flow.rf_interpolate(clean, noise, t)
+    ref = flow.rf_interpolate_ref(clean.double(), noise.double(), t.double())
+    ts = t.to(dtype)[:, None]
+    _assert_close_as_torch(z, ts * noise + (1 - ts) * clean, ref, "z_t")
+    assert z.dtype == dtype and z.shape == (n, d)
+
+
+@pytest.mark.parametrize("reduction", flow.REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_mse_matches_reference(native, n, d, dtype, reduction):
+    pred, clean, noise = _inputs(n, d, dtype)
+    loss = flow.rf_mse(pred, clean, noise, reduction=reduction)
+    ref = flow.rf_mse_ref(pred.double(), clean.double(), noise.double(), reduction)
+    same = (pred - (noise - clean)).square().mean(-1)  # all in `dtype`, torch's own error
+    same = same if reduction == "none" else (same.mean() if reduction == "mean" else same.sum())
+    _assert_close_as_torch(loss, same, ref, f"loss/{reduction}")
+    assert loss.dtype == torch.float32 and loss.shape == ref.shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dt_kind", ["float", "scalar", "rows"])
+def test_euler_step_matches_reference(native, dtype, dt_kind):
+    x, v = _inputs(1025, 67, dtype, 2)
+    dt = {"float": 0.02, "scalar": torch.tensor(0.02), "rows": torch.rand(1025) * 0.1}[dt_kind]
+    out = flow.euler_step(x, v, dt)
+    dt64 = dt.double() if isinstance(dt, torch.Tensor) else dt
+    ref = flow.euler_step_ref(x.double(), v.double(), dt64)
+    dts = dt.to(dtype) if isinstance(dt, torch.Tensor) else dt
+    dts = dts[:, None] if isinstance(dts, torch.Tensor) and dts.dim() == 1 else dts
+    _assert_close_as_torch(out, x - v * dts, ref, "euler")
+    x3 = torch.randn(4, 5, 6).to(dtype)  # (N, ...) with a (N,) dt
+    out3 = flow.euler_step(x3, x3, torch.full((4,), 0.5))
+    torch.testing.assert_close(out3, flow.euler_step_ref(x3, x3, torch.full((4,), 0.5)))
+
+
+# --------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("per_image", [False, True])
+def test_gradcheck_reference_path(per_image):
+    """float64 routes to the reference: the spec's gradients, checked numerically."""
+    g = torch.Generator().manual_seed(1)
+    c, n, p = (torch.randn(6, 3, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+    index = torch.tensor([0, 0, 1, 2, 2, 2]) if per_image else None
+    t = torch.rand(3 if per_image else 6, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c, n, t: flow.rf_interpolate(c, n, t, index=index), (c, n, t))
+    for red in flow.REDUCTIONS:
+        assert torch.autograd.gradcheck(lambda p, c, n, red=red: flow.rf_mse(p, c, n, reduction=red),
+                                        (p, c, n))
+    dt = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(flow.euler_step, (p, c, dt))
+
+
+def _grads(fn, tensors, upstream):
+    out = fn(*tensors)
+    return torch.autograd.grad(out, tensors, upstream)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,d", [(7, 3), (1025, 67), (1025, 64)])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_interpolate_grads(native, n, d, dtype, per_image):
+    clean, noise = _inputs(n, d, dtype, 2)
+    index = torch.randint(0, 5, (n,)) if per_image else None
+    t = torch.rand(5 if per_image else n)
+    up = torch.randn(n, d).to(dtype)
+
+    def run(c, nz, tt, u, cast):
+        leaves = [x.detach().requires_grad_() for x in (c, nz, tt)]
+        if cast is None:
+            return _grads(lambda *a: flow.rf_interpolate(*a, index=index), leaves, u)
+        return _grads(lambda c, nz, tt: flow.rf_interpolate_ref(c, nz, tt.to(cast), index), leaves, u)
+
+    kern = run(clean, noise, t, up, None)
+    ref = run(clean.double(), noise.double(), t.double(), up.double(), torch.float64)
+    same = run(clean, noise, t, up, dtype)  # reference algebra evaluated in `dtype`
+    for name, k, r, s in zip(("clean", "noise", "t"), kern, ref, same):
+        assert k.dtype == (torch.float32 if name == "t" else dtype)
+        _assert_close_as_torch(k, s, r, f"grad {name}")
+
+
+def _mse_same_dtype(p, c, n, reduction):
+    per = (p - (n - c)).square().mean(-1)
+    return per if reduction == "none" else (per.mean() if reduction == "mean" else per.sum())
+
+
+@pytest.mark.parametrize("reduction", flow.REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (1025, 67)])
+def test_mse_grads(native, n, d, dtype, reduction):
+    tensors = _inputs(n, d, dtype)
+    up = torch.rand(n) if reduction == "none" else torch.tensor(1.7)
+
+    def run(fn, cast, up_dtype):
+        leaves = [x.detach().to(cast).requires_grad_() for x in tensors]
+        return _grads(lambda *a: fn(*a, reduction), leaves, up.to(up_dtype))
+
+    kern = run(lambda p, c, n, r: flow.rf_mse(p, c, n, reduction=r), dtype, torch.float32)
+    ref = run(flow.rf_mse_ref, torch.float64, torch.float64)
+    same = run(_mse_same_dtype, dtype, dtype)  # loss and its backward evaluated in `dtype`
+    for name, k, r, s in zip(("pred", "clean", "noise"), kern, ref, same):
+        _assert_close_as_torch(k, s, r, f"grad {name}")
+
+
+def test_mse_backward_subsets(native):
+    """Only the requested gradients are computed; clean's equals pred's, noise's is its negative."""
+    p, c, n = _inputs(33, 5, torch.float32)
+    g = torch.tensor(1.0)
+    gp, gc, gn = OPS.rf_mse_backward(g, p, c, n, "mean", [False, True, False])
+    assert gp.numel() == 0 and gn.numel() == 0 and gc.shape == (33, 5)
+    gp, _, gn = OPS.rf_mse_backward(g, p, c, n, "mean", [True, False, True])
+    torch.testing.assert_close(gn, -gp)
+    torch.testing.assert_close(gp, 2 * (p - (n - c)) / p.numel())
+
+
+# --------------------------------------------------------------------------- per image, edges
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_per_image_t_matches_expanded(native, index_dtype):
+    clean, noise = _inputs(1025, 64, torch.bfloat16, 2)
+    t = torch.rand(9)
+    index = torch.randint(0, 9, (1025,), dtype=index_dtype)
+    z = flow.rf_interpolate(clean, noise, t, index=index)
+    torch.testing.assert_close(z, flow.rf_interpolate(clean, noise, t[index.long()]), rtol=0, atol=0)
+
+
+def test_empty_and_degenerate(native):
+    for dtype in DTYPES:
+        p, c, n = _inputs(0, 64, dtype)
+        assert flow.rf_interpolate(c, n, torch.rand(0)).shape == (0, 64)
+        assert flow.rf_mse(p, c, n, reduction="none").shape == (0,)
+        assert math.isnan(flow.rf_mse(p, c, n).item())  # like torch.mean of nothing
+        assert flow.rf_mse(p, c, n, reduction="sum").item() == 0.0
+        leaves = [x.requires_grad_() for x in (p, c, n)]
+        flow.rf_mse(*leaves, reduction="sum").backward()
+        assert all(x.grad.shape == (0, 64) for x in leaves)
+        assert flow.euler_step(p, c, 0.1).shape == (0, 64)
+    # t = 0 and t = 1 are exact endpoints (1 - t) * clean + t * noise
+    clean, noise = _inputs(4, 3, torch.float16, 2)
+    z = flow.rf_interpolate(clean, noise, torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    assert torch.equal(z[0::2], clean[0::2]) and torch.equal(z[1::2], noise[1::2])
+
+
+def test_non_contiguous_inputs(native):
+    wide = torch.randn(3, 1025, 80)
+    clean, noise, pred = wide[0, :, 5:72], wide[1, :, :67], wide[2].t().contiguous().t()[:, :67]
+    t = torch.rand(2050)[::2]  # strided t
+    torch.testing.assert_close(flow.rf_interpolate(clean, noise, t),
+                               flow.rf_interpolate_ref(clean, noise, t), rtol=0, atol=0)
+    transposed = torch.randn(67, 1025).t()  # column stride != 1: copied once inside
+    for red in flow.REDUCTIONS:
+        torch.testing.assert_close(flow.rf_mse(pred, clean, transposed, reduction=red),
+                                   flow.rf_mse_ref(pred, clean, transposed, red))
+    leaf = clean.detach().requires_grad_()
+    flow.rf_interpolate(leaf, noise, t).sum().backward()  # upstream grad is an expanded tensor
+    torch.testing.assert_close(leaf.grad, (1 - t)[:, None].expand(1025, 67))
+
+
+# --------------------------------------------------------------------------- registration
+def _opcheck_samples():
+    c, n, p = (torch.randn(37, 67, requires_grad=True) for _ in range(3))
+    t, ti = torch.rand(37, requires_grad=True), torch.rand(4, requires_grad=True)
+    idx = torch.randint(0, 4, (37,), dtype=torch.int32)
+    e = torch.randn(0, 8)
+    yield OPS.rf_interpolate.default, (c, n, t, None)
+    yield OPS.rf_interpolate.default, (c.detach().bfloat16(), n.detach().bfloat16(), ti, idx)
+    yield OPS.rf_interpolate.default, (e, e, torch.rand(0), None)
+    yield OPS.rf_interpolate_backward.default, (p.detach(), c.detach(), n.detach(), ti.detach(), idx.long(),
+                                                [True, False, True])
+    for red in flow.REDUCTIONS:
+        yield OPS.rf_mse.default, (p, c, n, red)
+    yield OPS.rf_mse.default, (p.detach().half(), c.detach().half(), n.detach().half(), "none")
+    yield OPS.rf_mse_backward.default, (torch.rand(37), p.detach(), c.detach(), n.detach(), "none",
+                                        [True, True, True])
+    yield OPS.euler_step.default, (p, c, 0.25)
+    yield OPS.euler_step.dt_tensor, (p, c, torch.rand(37, requires_grad=True))
+
+
+def test_opcheck_all_ops(native):
+    seen = set()
+    for op, args in _opcheck_samples():
+        opcheck(op, args)
+        seen.add(op._name)
+    assert seen == {"procpaint::rf_interpolate", "procpaint::rf_interpolate_backward",
+                    "procpaint::rf_mse", "procpaint::rf_mse_backward", "procpaint::euler_step",
+                    "procpaint::euler_step.dt_tensor"}
+
+
+def test_torch_compile_traces_public_functions(native):
+    def step(clean, noise, pred, t, index):
+        z = flow.rf_interpolate(clean, noise, t, index=index)  # (N, D)
+        loss = flow.rf_mse(pred + 0.1 * z, clean, noise)
+        return loss + flow.euler_step(z, pred, 0.1).float().square().mean()
+
+    compiled = torch.compile(step, fullgraph=True)
+    c, n, p = (torch.randn(300, 64, requires_grad=True) for _ in range(3))
+    t, index = torch.rand(3, requires_grad=True), torch.randint(0, 3, (300,))
+    eager_loss = step(c, n, p, t, index)
+    eager = torch.autograd.grad(eager_loss, (c, n, p, t))
+    comp_loss = compiled(c, n, p, t, index)
+    comp = torch.autograd.grad(comp_loss, (c, n, p, t))
+    torch.testing.assert_close(comp_loss, eager_loss)
+    for a, b in zip(comp, eager):
+        torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("call,match", [
+    (lambda c, n, t: flow.rf_interpolate(c, n[:, :2], t), "noise must have the shape of clean"),
+    (lambda c, n, t: flow.rf_interpolate(c, n.half(), t), "noise must have the dtype of clean"),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:4]), r"t must have shape \(5,\)"),
+    (lambda c, n, t: flow.rf_interpolate(c[0], n[0], t), r"clean must have shape \(N, D\)"),
+    (lambda c, n, t: flow.rf_interpolate(c.int(), n.int(), t), "clean must be float32"),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.tensor([0, 1, 2, 0, 1])),
+     "index value 2 is out of range"),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.zeros(5)), "index must be an int64"),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.zeros(4, dtype=torch.long)),
+     r"index must have shape \(5,\)"),
+    (lambda c, n, t: flow.rf_mse(c, c, n, reduction="avg"), "reduction must be one of"),
+    (lambda c, n, t: flow.rf_mse(c, c.bfloat16(), n), "clean must have the dtype of pred"),
+    (lambda c, n, t: flow.rf_mse(c, c, n.t()), "noise must have the shape of pred"),
+    (lambda c, n, t: flow.euler_step(c, n, torch.rand(3)), "dt must be a float, a 0-d tensor"),
+    (lambda c, n, t: flow.euler_step(c, n, "0.1"), "dt must be a float or a tensor"),
+])
+def test_public_errors_name_the_argument(call, match):
+    c, n = torch.randn(5, 3), torch.randn(5, 3)
+    with pytest.raises((ValueError, TypeError, IndexError), match=match):
+        call(c, n, torch.rand(5))
+
+
+def test_native_errors_name_the_argument(native):
+    c, n = torch.randn(5, 3), torch.randn(5, 3)
+    with pytest.raises(RuntimeError, match=r"rf_interpolate: index\[1\] = 7 is out of range"):
+        OPS.rf_interpolate(c, n, torch.rand(2), torch.tensor([0, 7, 1, 0, 1]))
+    with pytest.raises(RuntimeError, match="rf_interpolate: t must be float32"):
+        OPS.rf_interpolate(c, n, torch.rand(5).double(), None)
+    with pytest.raises(RuntimeError, match="rf_mse: reduction must be 'none', 'mean' or 'sum'"):
+        OPS.rf_mse(c, c, n, "avg")
+    with pytest.raises(RuntimeError, match="rf_mse: noise must have the dtype of pred"):
+        OPS.rf_mse(c, c, n.half(), "mean")
+    with pytest.raises(RuntimeError, match=r"rf_mse_backward: grad must have shape \(5,\)"):
+        OPS.rf_mse_backward(torch.tensor(1.0), c, c, n, "none", [True, True, True])
+    with pytest.raises(RuntimeError, match="euler_step: v must have the shape of x"):
+        OPS.euler_step(c, n[:2], 0.1)
+
+
+# --------------------------------------------------------------------------- timesteps
+def _shifted(t: np.ndarray, s: float) -> np.ndarray:
+    return s * t / (1 + (s - 1) * t)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_sample_timesteps_distribution(shift):
+    """Quantiles follow from the normal's (the shift is monotone); the mean is a Gauss-Hermite
+    integral in float64. 200K samples: tolerances are > 5 standard errors."""
+    t = flow.sample_timesteps(200_000, shift=shift, generator=torch.Generator().manual_seed(7))
+    assert t.dtype == torch.float32 and t.shape == (200_000,)
+    assert 0.0 <= t.min().item() and t.max().item() <= 1.0
+    x, w = np.polynomial.hermite_e.hermegauss(80)  # E[f(Z)] = sum w f(x) / sqrt(2 pi)
+    mean = float((w * _shifted(1 / (1 + np.exp(-x)), shift)).sum() / math.sqrt(2 * math.pi))
+    assert abs(t.double().mean().item() - mean) < 0.004
+    qs = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+    z = torch.distributions.Normal(0.0, 1.0).icdf(qs).numpy()
+    expect = _shifted(1 / (1 + np.exp(-z)), shift)
+    # empirical CDF at the closed-form quantiles must be the quantile level (DKW-style)
+    cdf = (t.double()[None, :] <= torch.from_numpy(expect)[:, None]).double().mean(1)
+    assert (cdf - qs).abs().max().item() < 0.006
+
+
+def test_sample_timesteps_reproducible_and_validated():
+    a = flow.sample_timesteps(1000, shift=2.0, generator=torch.Generator().manual_seed(3))
+    b = flow.sample_timesteps(1000, shift=2.0, generator=torch.Generator().manual_seed(3))
+    c = flow.sample_timesteps(1000, shift=2.0, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert flow.sample_timesteps(0).shape == (0,)
+    with pytest.raises(ValueError, match="shift must be a finite float > 0"):
+        flow.sample_timesteps(4, shift=0.0)
+    with pytest.raises(ValueError, match="n must be a non-negative int"):
+        flow.sample_timesteps(-1)
+
+
+# --------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (1025, 67), (33000, 64)])
+def test_cuda_matches_cpu_reference(native, n, d, dtype):
+    p, c, nz = _inputs(n, d, dtype, device="cuda")
+    index = torch.randint(0, 3, (n,), device="cuda")
+    t = torch.rand(3, device="cuda")
+    _assert_close_as_torch(flow.rf_interpolate(c, nz, t, index=index),
+                           t[index].to(dtype)[:, None] * nz + (1 - t[index].to(dtype)[:, None]) * c,
+                           flow.rf_interpolate_ref(c.double(), nz.double(), t.double(), index), "cuda z_t")
+    for red in flow.REDUCTIONS:
+        _assert_close_as_torch(flow.rf_mse(p, c, nz, reduction=red), _mse_same_dtype(p, c, nz, red),
+                               flow.rf_mse_ref(p.double(), c.double(), nz.double(), red), f"cuda {red}")
+    leaves = [x.detach().requires_grad_() for x in (p, c, nz)]
+    flow.rf_mse(*leaves).backward()
+    torch.testing.assert_close(leaves[0].grad.double(),
+                               2 * (p.double() - (nz.double() - c.double())) / max(p.numel(), 1),
+                               atol=1e-2 if dtype != torch.float32 else 1e-6, rtol=1e-2)
+    for op, args in _opcheck_samples():
+        opcheck(op, tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
