@@ -48,6 +48,15 @@ class ProcPaintModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self._nonfinite = 0
         self._step_start = None
+        self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The tokenizer travels with the weights so sampling/evaluation need nothing else.
+        if self.tokenizer_json is not None:
+            checkpoint["tokenizer_json"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokenizer_json = checkpoint.get("tokenizer_json", self.tokenizer_json)
 
     @classmethod
     def from_config(cls, cfg: Config, vocab_size: int) -> ProcPaintModule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,11 @@ class FitResult:
     val_loss: float | None
 
 
+# EMAWeightAveraging warns whenever configure_model is overridden; ours is idempotent and EMA is
+# only enabled for unsharded strategies (see build_trainer), so the warning carries no information.
+warnings.filterwarnings("ignore", message=".*WeightAveraging callback with a model that overrides")
+
+
 def build_trainer(cfg: Config, *, extra_callbacks=()) -> L.Trainer:
     logger = TensorBoardLogger(save_dir=cfg.trainer.default_root_dir, name=cfg.logging.name,
                                default_hp_metric=False)
@@ -36,7 +42,7 @@ def build_trainer(cfg: Config, *, extra_callbacks=()) -> L.Trainer:
         LearningRateMonitor(logging_interval="step"),
         *extra_callbacks,
     ]
-    if cfg.optim.ema_decay > 0:
+    if cfg.optim.ema_decay > 0 and "fsdp" not in str(cfg.trainer.strategy):  # EMA cannot shard
         callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
     trainer_args = asdict(cfg.trainer)
     if trainer_args["val_check_interval"] is not None:  # steps; the stream has no epochs to align to
@@ -45,7 +51,8 @@ def build_trainer(cfg: Config, *, extra_callbacks=()) -> L.Trainer:
 
 
 def export_weights(module: ProcPaintModule, out_dir: Path) -> Path:
-    """Write model.safetensors + model_config.json + config.yaml (atomically) for sampling/eval."""
+    """Write model.safetensors (atomically) + model_config.json + config.yaml + tokenizer.json:
+    everything sampling and evaluation need, without Lightning."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +62,8 @@ def export_weights(module: ProcPaintModule, out_dir: Path) -> Path:
     tmp.replace(out_dir / "model.safetensors")
     (out_dir / "model_config.json").write_text(json.dumps(asdict(module.model_cfg), indent=2))
     (out_dir / "config.yaml").write_text(to_yaml(module.cfg))
+    if module.tokenizer_json is not None:
+        (out_dir / "tokenizer.json").write_text(module.tokenizer_json)
     return out_dir / "model.safetensors"
 
 
@@ -63,8 +72,9 @@ def fit(cfg: Config) -> FitResult:
     torch.set_float32_matmul_precision("high")
     datamodule = ProcPaintDataModule(cfg)
     datamodule.prepare_data()          # builds the procedural dataset once if absent
-    vocab_size = datamodule.load_tokenizer().vocab_size
-    module = ProcPaintModule.from_config(cfg, vocab_size=vocab_size)
+    tokenizer = datamodule.load_tokenizer()
+    module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size)
+    module.tokenizer_json = tokenizer.tok.to_str()
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
