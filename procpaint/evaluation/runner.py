@@ -1,0 +1,165 @@
+"""Drive a benchmark: generate images into GenEval's layout (resumable) and score a folder.
+
+The generator is anything with ``generate(prompts: list[str], config) -> list[TrajectoryResult]``
+(:mod:`procpaint.inference.types`), so tests inject a fake and ``train/evaluate.py`` the real
+``procpaint.inference.load_generator(...)``. Scoring reads only images and metadata, so images of
+any generator laid out as GenEval expects can be scored.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..world.detect import Detector
+from ..world.scene import BACKGROUND
+from . import geneval, knowledge
+from .layout import (
+    append_jsonl,
+    iter_samples,
+    missing_prompts,
+    read_costs,
+    read_image,
+    sample_path,
+    write_image,
+    write_jsonl,
+    write_prompt,
+)
+
+
+def progress(iterable=None, total: int | None = None, desc: str = "", enable: bool = True):
+    """tqdm when installed; otherwise a plain counter on stderr every 10% (never silent)."""
+    try:
+        from tqdm.auto import tqdm
+        return tqdm(iterable, total=total, desc=desc, disable=not enable, dynamic_ncols=True)
+    except ImportError:
+        return _Plain(iterable, total, desc, enable)
+
+
+class _Plain:
+    def __init__(self, iterable, total, desc, enable):
+        self.it, self.total, self.desc, self.enable, self.n = iterable, total, desc, enable, 0
+
+    def __iter__(self):
+        for x in self.it:
+            yield x
+            self.update(1)
+
+    def update(self, k: int = 1):
+        step = max(1, (self.total or 10) // 10)
+        before, self.n = self.n, self.n + k
+        if self.enable and (self.n // step != before // step or self.n == self.total):
+            print(f"{self.desc}: {self.n}/{self.total if self.total is not None else '?'}", file=sys.stderr)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def benchmark_of(metadata: list[dict]) -> str:
+    """'knowledge' when the lines carry a ``category`` (and ``spec``), else 'geneval'."""
+    return "knowledge" if metadata and "category" in metadata[0] else "geneval"
+
+
+def summarize(benchmark: str, results: list[dict]) -> dict:
+    return (knowledge.summarize if benchmark == "knowledge" else geneval.summarize)(results)
+
+
+def score_image(benchmark: str, image: np.ndarray, metadata: dict,
+                detector: Detector) -> tuple[bool, str, dict]:
+    """(correct, reason, details: boxes per class) for one image."""
+    found = geneval.detect(image, detector)
+    details = {k: [list(map(float, b.box)) for b in v] for k, v in found.items()}
+    if benchmark == "knowledge":
+        ok, why = knowledge.score_image(image, metadata, detector)
+    else:
+        ok, why = geneval.evaluate(found, metadata)
+    return ok, why, details
+
+
+def score_dir(outdir: Path, metadata: list[dict], *, limit: int | None = None,
+              detector: Detector | None = None, results_name: str = "results.jsonl",
+              show_progress: bool = True) -> list[dict]:
+    """Score every image under ``outdir`` and write ``<outdir>/results.jsonl`` (GenEval's fields)."""
+    outdir = Path(outdir)
+    bench, detector = benchmark_of(metadata), detector or Detector()
+    samples = list(iter_samples(outdir, metadata, limit))
+    if not samples:
+        raise FileNotFoundError(f"no images under {outdir} (expected <outdir>/<00000>/samples/<0000>.png)")
+    rows = []
+    for _i, meta, png in progress(samples, total=len(samples), desc=f"scoring {bench}", enable=show_progress):
+        ok, why, details = score_image(bench, read_image(png), meta, detector)
+        rows.append({"filename": str(png), "tag": meta["tag"], "prompt": meta["prompt"], "correct": ok,
+                     "reason": why, "metadata": json.dumps(meta), "details": json.dumps(details)})
+    write_jsonl(outdir / results_name, rows)
+    missing = missing_prompts(outdir, metadata, limit)
+    if missing:
+        print(f"warning: {missing} prompt(s) under {outdir} have no images; scored the rest", file=sys.stderr)
+    return rows
+
+
+def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, images_per_prompt: int = 4,
+                 batch_size: int = 4, limit: int | None = None, show_progress: bool = True) -> dict:
+    """Generate missing images into GenEval's layout; existing images are kept (resume).
+
+    ``config`` is a :class:`procpaint.inference.types.GenerationConfig`; image ``k`` of a batch
+    whose first prompt is ``i`` uses ``seed = config.seed + 1_000_003 * k + i`` (all prompts of a
+    batch share the generator's seed; batch_size=1 makes every image's seed its own).
+    Returns {"generated": n, "skipped": n}.
+    """
+    outdir = Path(outdir)
+    meta = metadata[: limit] if limit is not None else metadata
+    for i, m in enumerate(meta):
+        write_prompt(outdir, i, m)
+    write_jsonl(outdir / "evaluation_metadata.jsonl", meta)
+    todo = {k: [i for i in range(len(meta)) if not sample_path(outdir, i, k).is_file()]
+            for k in range(images_per_prompt)}
+    n_todo = sum(map(len, todo.values()))
+    stats = {"generated": 0, "skipped": images_per_prompt * len(meta) - n_todo}
+    bar = progress(total=n_todo, desc=f"generating {config.mode}", enable=show_progress)
+    size = 32
+    # One k per call: the generator takes one seed per call.
+    batches = [(k, idx[s: s + batch_size]) for k, idx in todo.items() for s in range(0, len(idx), batch_size)]
+    for k, batch in batches:
+        cfg = replace(config, seed=config.seed + 1_000_003 * k + batch[0])
+        results = generator.generate([meta[i]["prompt"] for i in batch], cfg)
+        if len(results) != len(batch):
+            raise RuntimeError(f"generator returned {len(results)} results for {len(batch)} prompts")
+        for i, res in zip(batch, results):
+            img = res.final_image
+            if img is not None:
+                size = int(img.shape[-1])
+            else:                               # nothing drawn: an empty canvas, scored as such
+                img = np.full((size, size, 3), BACKGROUND, np.uint8)
+            append_jsonl(outdir / f"{i:05d}" / "trajectories.jsonl", {
+                "sample": k, "seed": cfg.seed, "mode": res.mode, "end_reason": res.end_reason,
+                "forward_passes": int(res.forward_passes), "seconds": float(res.seconds),
+                "images": sum(s.image is not None for s in res.stages),
+                "drew_image": res.final_image is not None,
+                "stages": [{"kind": s.kind, "text": s.text} for s in res.stages]})
+            write_image(sample_path(outdir, i, k), img)   # last: its presence marks the sample done
+            stats["generated"] += 1
+        bar.update(len(batch))
+    bar.close()
+    return stats
+
+
+def cost_summary(outdir: Path, n_prompts: int) -> dict:
+    """Mean forward passes, seconds and images per generated trajectory (from trajectories.jsonl)."""
+    rows = [r for i in range(n_prompts) for r in read_costs(outdir, i).values()]
+    if not rows:
+        return {}
+    return {"trajectories": len(rows),
+            "forward_passes": float(np.mean([r["forward_passes"] for r in rows])),
+            "seconds": float(np.mean([r["seconds"] for r in rows])),
+            "images": float(np.mean([r["images"] for r in rows])),
+            "no_image": int(sum(not r.get("drew_image", True) for r in rows))}

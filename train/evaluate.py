@@ -1,0 +1,190 @@
+"""Evaluate procpaint checkpoints on the GenEval and knowledge benchmarks of the painting world.
+
+    python train/evaluate.py --ckpt runs/x/last.ckpt [--benchmark geneval|knowledge|all]
+                             [--mode process|single-pass|planner|all] [--images-per-prompt 4]
+                             [--out eval] [--limit N] [--device cpu|cuda]
+    python train/evaluate.py --ckpt process=runs/a.ckpt --ckpt single=runs/b.ckpt ...   # one row each
+    python train/evaluate.py --score DIR --metadata FILE      # score images in GenEval's layout
+    python train/evaluate.py --write-metadata geneval|knowledge --out FILE   # the prompt sets
+    python train/evaluate.py --tables DIR                       # rebuild summary.* from scored folders
+
+Generation writes ``<out>/<run>/<mode>/<benchmark>/<00000>/samples/<0000>.png`` (GenEval's layout;
+existing images are kept, so an interrupted run resumes), then ``results.jsonl`` beside them and
+``<out>/summary.json`` + ``<out>/summary.md`` with the paper-style tables for every row found under
+``<out>``. Exit status 2 on bad arguments or paths, with a message naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+MODES = ("process", "single-pass", "planner")
+BENCHMARKS = ("geneval", "knowledge")
+
+
+class UsageError(Exception):
+    pass
+
+
+def load_generator(ckpt: str, device: str):
+    """The real generator, imported lazily so ``--score`` never needs the inference room."""
+    try:
+        from procpaint.inference import load_generator as _load
+    except ImportError as exc:
+        raise UsageError(f"generation needs procpaint.inference.load_generator, which is not importable "
+                         f"({exc}); score existing images with --score DIR --metadata FILE") from exc
+    return _load(ckpt, device)
+
+
+def metadata_for(benchmark: str, knowledge_prompts: int = 500) -> list[dict]:
+    from procpaint.evaluation import geneval, knowledge
+
+    if benchmark == "geneval":
+        return geneval.default_metadata()
+    return knowledge.generate_metadata(knowledge_prompts)
+
+
+def parse_ckpts(items: list[str]) -> list[tuple[str, Path]]:
+    """``PATH`` or ``NAME=PATH`` -> [(run name, path)]; names default to the checkpoint's stem."""
+    out = []
+    for item in items:
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        p = Path(path)
+        if not p.exists():
+            raise UsageError(f"--ckpt {item}: checkpoint not found: {p}")
+        name = name or (p.parent.name + "-" + p.stem if p.stem in ("last", "best") else p.stem)
+        if any(name == n for n, _ in out):
+            raise UsageError(f"--ckpt: run name {name!r} given twice; use NAME=PATH to tell them apart")
+        out.append((name, p))
+    return out
+
+
+def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS, modes=MODES,
+             images_per_prompt: int = 4, limit: int | None = None, batch_size: int = 4, seed: int = 0,
+             num_steps: int | None = None, show_progress: bool = True) -> list[dict]:
+    """Generate + score every (run, mode, benchmark); ``runs`` holds (name, generator) pairs.
+
+    The generator objects are injected (tests pass fakes); returns the summary rows.
+    """
+    from procpaint.evaluation import runner, tables
+    from procpaint.inference.types import GenerationConfig
+
+    for name, generator in runs:
+        for mode in modes:
+            cfg = GenerationConfig(mode=mode, seed=seed)
+            if num_steps is not None:
+                cfg.num_steps = num_steps
+            for bench in benchmarks:
+                meta = metadata_for(bench)
+                folder = Path(out) / name / mode / bench
+                stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
+                                            batch_size=batch_size, limit=limit, show_progress=show_progress)
+                print(f"{name}/{mode}/{bench}: generated {stats['generated']}, kept {stats['skipped']}",
+                      file=sys.stderr)
+                runner.score_dir(folder, meta, limit=limit, show_progress=show_progress)
+    rows = tables.collect(out)
+    tables.write_summary(out, rows)
+    return rows
+
+
+def score(folder: Path, metadata_file: Path, limit: int | None, show_progress: bool) -> dict:
+    from procpaint.evaluation import layout, runner, tables
+
+    if not Path(folder).is_dir():
+        raise UsageError(f"--score {folder}: not a directory")
+    try:
+        meta = layout.read_jsonl(metadata_file)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--metadata: {exc}") from exc
+    if not meta:
+        raise UsageError(f"--metadata {metadata_file}: no prompts in the file")
+    try:
+        results = runner.score_dir(folder, meta, limit=limit, show_progress=show_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    bench = runner.benchmark_of(meta)
+    summary = runner.summarize(bench, results)
+    row = {"run": Path(folder).name, "mode": "-", "benchmark": bench, "scores": summary, "cost": {},
+           "folder": str(folder)}
+    tables.write_summary(folder, [row], {"metadata": str(metadata_file)})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", action="append", default=[], help="checkpoint, or NAME=PATH (repeatable)")
+    ap.add_argument("--benchmark", choices=[*BENCHMARKS, "all"], default="all")
+    ap.add_argument("--mode", choices=[*MODES, "all"], default="process")
+    ap.add_argument("--images-per-prompt", type=int, default=4, help="GenEval uses 4")
+    ap.add_argument("--out", type=Path, default=Path("eval"), help="output directory (or file)")
+    ap.add_argument("--limit", type=int, help="only the first N prompts of each benchmark")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch-size", type=int, default=4, help="prompts per generate() call")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-steps", type=int, help="flow timesteps (default: GenerationConfig's)")
+    ap.add_argument("--score", type=Path, help="score the images in this GenEval-layout folder")
+    ap.add_argument("--metadata", type=Path, help="evaluation_metadata.jsonl for --score")
+    ap.add_argument("--write-metadata", choices=BENCHMARKS, help="write a benchmark's prompt set to --out")
+    ap.add_argument("--tables", type=Path, help="rebuild summary.json/md from scored folders under DIR")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    show = not args.quiet
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {args.limit}")
+        if args.images_per_prompt < 1:
+            raise UsageError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+        actions = (args.ckpt, args.score, args.write_metadata, args.tables)
+        if sum(x is not None and x != [] for x in actions) != 1:
+            raise UsageError("give exactly one of --ckpt, --score DIR --metadata FILE, --write-metadata, "
+                             "--tables")
+        if args.write_metadata:
+            from procpaint.evaluation.layout import write_jsonl
+
+            write_jsonl(args.out, metadata_for(args.write_metadata))
+            print(f"wrote {args.out}")
+            return 0
+        if args.tables:
+            from procpaint.evaluation import tables
+
+            rows = tables.collect(args.tables)
+            if not rows:
+                raise UsageError(f"--tables {args.tables}: no <run>/<mode>/<benchmark>/results.jsonl found")
+            _, md = tables.write_summary(args.tables, rows)
+            print(md.read_text())
+            return 0
+        if args.score is not None:
+            if args.metadata is None:
+                raise UsageError("--score DIR needs --metadata FILE (evaluation_metadata.jsonl)")
+            summary = score(args.score, args.metadata, args.limit, show)
+            print((args.score / "summary.md").read_text())
+            print(f"overall {summary['overall']:.4f}")
+            return 0
+        ckpts = parse_ckpts(args.ckpt)
+        if args.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                raise UsageError("--device cuda: no CUDA device available")
+        runs = [(name, load_generator(str(path), args.device)) for name, path in ckpts]
+        rows = evaluate(runs, args.out,
+                        benchmarks=BENCHMARKS if args.benchmark == "all" else (args.benchmark,),
+                        modes=MODES if args.mode == "all" else (args.mode,),
+                        images_per_prompt=args.images_per_prompt, limit=args.limit,
+                        batch_size=args.batch_size, seed=args.seed, num_steps=args.num_steps,
+                        show_progress=show)
+        from procpaint.evaluation.tables import markdown
+        print(markdown(rows))
+        return 0
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
