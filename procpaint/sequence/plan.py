@@ -156,6 +156,13 @@ class SequencePlan:
         )
 
 
+def _where(sample: Sample, k: int, seg) -> str:
+    """Names a segment in errors: sample id, its source (file:line, set by the loader) and index."""
+    src = sample.meta.get("source") if isinstance(sample.meta, dict) else None
+    return (f"sample {sample.id or '<no id>'}{f' ({src})' if src else ''} segment {k} "
+            f"({getattr(seg, 'role', type(seg).__name__)})")
+
+
 class SequencePlanner:
     """Turns :class:`Sample` into :class:`SequencePlan` for one tokenizer and latent geometry.
 
@@ -221,7 +228,7 @@ class SequencePlanner:
         images: list[torch.Tensor] = []
         rope_skip = 0
         for k, seg in enumerate(sample.segments):
-            where = f"sample {sample.id or '<no id>'} segment {k} ({seg.role})"
+            where = _where(sample, k, seg)
             if isinstance(seg, TextSegment):
                 if drop_text and self._droppable_text(seg):
                     continue
@@ -254,7 +261,7 @@ class SequencePlanner:
         """Tokens ``sample`` occupies in a pack, without building a plan or any tensor."""
         total = 0
         for k, seg in enumerate(sample.segments):
-            where = f"sample {sample.id or '<no id>'} segment {k} ({seg.role})"
+            where = _where(sample, k, seg)
             if isinstance(seg, TextSegment):
                 if not (drop_text and self._droppable_text(seg)):
                     total += len(self._encode(seg, where))

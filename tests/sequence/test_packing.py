@@ -12,7 +12,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from procpaint.sequence.packing import Packer, SkippedSamplesWarning, collate_packed, pack_stream
+from procpaint.sequence.packing import (
+    Packer,
+    SkippedSamplesWarning,
+    collate_packed,
+    pack_stream,
+    sample_timesteps_ref,
+)
 from procpaint.sequence.plan import CAUSAL, FULL, NOISE, SequencePlanner
 from procpaint.sequence.tokenizer import TextTokenizer, build_word_level
 from procpaint.sequence.types import ImageSegment, PackedBatch, Sample, TextSegment
@@ -214,6 +220,19 @@ def test_cfg_dropout_rates_match_p():
     # Lengths agree with the decisions: 3 prompt tokens and a 3-token context image go away.
     assert lens.count(7) == 3000 - c["dropped_text"] - c["dropped_image"] + lens.count(1)
     assert lens.count(1) <= c["dropped_text"]
+
+
+def test_timesteps_follow_the_shifted_logit_normal():
+    """One t per generated image; quantiles match sigmoid(N(0,1)) shifted by s (fixed seed)."""
+    img = torch.rand(3, 2, 2)
+    samples = [Sample([TextSegment("red"), ImageSegment(img, loss=True), ImageSegment(img, loss=True)])
+               for _ in range(1000)]
+    packs = pack_stream(samples, TOK, pixels_per_token=PPT, max_tokens=90, timestep_shift=3.0, seed=4)
+    t = torch.cat([b.latent_timesteps[b.latent_noised] for b in packs])  # 1x1 grid: 1 latent per image
+    assert t.numel() == 2000 and len(set(t.tolist())) == 2000
+    ref = sample_timesteps_ref(200_000, shift=3.0, generator=torch.Generator().manual_seed(0))
+    q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
+    assert torch.allclose(torch.quantile(t, q), torch.quantile(ref, q), atol=0.03)
 
 
 def test_no_sample_starves():

@@ -141,6 +141,11 @@ def test_context_image_and_alignment_sample():
     assert TOK.vision_start_id not in lay.ce_labels.tolist()
 
 
+def test_unknown_segment_type_is_an_error():
+    with pytest.raises(ValueError, match="sample u segment 0 .*unknown segment type str"):
+        SequencePlanner(TOK, PPT).plan(Sample(["red"], id="u"))  # type: ignore[list-item]
+
+
 def test_cfg_dropout_rules():
     """Dropped prompt: removed, no position consumed. Dropped context image: removed, +1 position."""
     ctx, gen = torch.rand(3, 2, 2), torch.rand(3, 2, 2)
@@ -180,10 +185,11 @@ def test_empty_text_is_left_out():
     (torch.rand(3, 0, 4), "not a positive multiple"),
 ])
 def test_bad_images_name_the_sample(image, msg):
-    sample = Sample([TextSegment("red"), ImageSegment(image, loss=True)], id="bad-7")
+    sample = Sample([TextSegment("red"), ImageSegment(image, loss=True)], id="bad-7",
+                    meta={"source": "shard-0.jsonl:12"})
     with pytest.raises(ValueError, match=msg) as err:
         SequencePlanner(TOK, PPT).plan(sample)
-    assert "sample bad-7 segment 1" in str(err.value)
+    assert "sample bad-7 (shard-0.jsonl:12) segment 1 (image)" in str(err.value)
 
 
 def test_limits_and_unknown_words():
