@@ -1,0 +1,20 @@
+"""Shared helpers: oracle renders of a benchmark's scene graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from procpaint.evaluation.geneval import realize_geneval, spec_from_json
+from procpaint.world import Renderer
+
+
+def oracle_image(meta: dict, seed: int, renderer: Renderer | None = None) -> np.ndarray:
+    """The ground-truth render of a metadata line's scene graph: (32, 32, 3) uint8."""
+    state = realize_geneval(spec_from_json(meta["spec"]), np.random.default_rng(seed))
+    return (renderer or Renderer(32)).paint(state, seed)
+
+
+@pytest.fixture
+def oracle():
+    return oracle_image
