@@ -1,0 +1,131 @@
+"""train/evaluate.py: --score end to end, the generation path with a fake generator (resume,
+tables, cost), and clear errors for bad paths."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from procpaint.evaluation import geneval, knowledge, layout
+from procpaint.inference.types import Stage, TrajectoryResult
+from procpaint.world.render import to_tensor_range
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "train" / "evaluate.py")
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
+
+
+def _tiny_geneval(n_per_tag=2):
+    return geneval.generate_metadata({t: n_per_tag for t in geneval.GENEVAL_TAGS}, seed=9)
+
+
+def test_score_end_to_end(tmp_path, oracle, capsys):
+    meta = _tiny_geneval()
+    meta_file = tmp_path / "evaluation_metadata.jsonl"
+    layout.write_jsonl(meta_file, meta)
+    imgs = tmp_path / "images"
+    for i, m in enumerate(meta):
+        layout.write_prompt(imgs, i, m)
+        for k in range(2):
+            layout.write_image(layout.sample_path(imgs, i, k), oracle(m, 100 * i + k))
+    assert cli.main(["--score", str(imgs), "--metadata", str(meta_file), "--quiet"]) == 0
+    rows = [json.loads(x) for x in (imgs / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * len(meta)
+    assert set(rows[0]) == {"filename", "tag", "prompt", "correct", "reason", "metadata", "details"}
+    assert json.loads(rows[0]["metadata"]) == meta[0]
+    summary = json.loads((imgs / "summary.json").read_text())["rows"][0]["scores"]
+    assert summary["overall"] >= 0.9
+    md = (imgs / "summary.md").read_text()
+    assert "| Single | Two | Counting | Colors | Position | Color Attr. | Overall |" in md
+    assert "overall" in capsys.readouterr().out
+
+
+def test_bad_paths_exit_2_with_message(tmp_path, capsys):
+    assert cli.main(["--score", str(tmp_path / "nope"), "--metadata", str(tmp_path / "m.jsonl")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert cli.main(["--score", str(tmp_path), "--metadata", str(tmp_path / "m.jsonl")]) == 2
+    assert "m.jsonl" in capsys.readouterr().err
+    assert cli.main(["--score", str(tmp_path)]) == 2
+    assert "--metadata" in capsys.readouterr().err
+    assert cli.main(["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    layout.write_jsonl(tmp_path / "m.jsonl", _tiny_geneval(1))
+    assert cli.main(["--score", str(tmp_path), "--metadata", str(tmp_path / "m.jsonl")]) == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_ckpt_without_inference_room_is_a_clear_error(tmp_path, monkeypatch):
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "procpaint.inference", None)     # import fails
+    with pytest.raises(cli.UsageError, match="load_generator"):
+        cli.load_generator(str(ckpt), "cpu")
+    proc = subprocess.run([sys.executable, str(ROOT / "train/evaluate.py"), "--score", str(tmp_path / "x"),
+                           "--metadata", str(tmp_path / "x.jsonl")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "not a directory" in proc.stderr
+
+
+class FakeGenerator:
+    """Draws the ground truth (process); single-pass draws nothing for odd batch positions."""
+
+    def __init__(self, oracle, metadata):
+        self.oracle, self.calls, self.seeds = oracle, 0, []
+        self.by_prompt = {m["prompt"]: m for ms in metadata for m in ms}
+
+    def generate(self, prompts, config):
+        self.calls += 1
+        self.seeds.append(config.seed)
+        out = []
+        for j, p in enumerate(prompts):
+            img = torch.from_numpy(to_tensor_range(self.oracle(self.by_prompt[p], config.seed + j)))
+            drew = config.mode == "process" or j % 2 == 0
+            stages = [Stage("plan", text="<ins>draw</ins><des>x</des>", forward_passes=3),
+                      Stage("draft", image=img if drew else None, forward_passes=10)]
+            out.append(TrajectoryResult(p, config.mode, stages, "eos", forward_passes=13, seconds=0.01))
+        return out
+
+
+def test_generation_path_with_fake_generator_resumes(tmp_path, oracle, monkeypatch):
+    gen_meta, kn_meta = _tiny_geneval(), knowledge.generate_metadata(12, seed=4)
+    monkeypatch.setattr(cli, "metadata_for", lambda b: gen_meta if b == "geneval" else kn_meta)
+    fake = FakeGenerator(oracle, [gen_meta, kn_meta])
+    rows = cli.evaluate([("tiny", fake)], tmp_path, modes=("process", "single-pass"), images_per_prompt=2,
+                        batch_size=5, show_progress=False)
+    folder = tmp_path / "tiny" / "process" / "geneval"
+    assert (folder / "00011" / "samples" / "0001.png").is_file()
+    assert (folder / "evaluation_metadata.jsonl").is_file() and (folder / "results.jsonl").is_file()
+    assert {(r["run"], r["mode"], r["benchmark"]) for r in rows} == {
+        ("tiny", m, b) for m in ("process", "single-pass") for b in ("geneval", "knowledge")}
+    by = {(r["mode"], r["benchmark"]): r for r in rows}
+    assert by["process", "geneval"]["scores"]["overall"] >= 0.9
+    assert by["process", "knowledge"]["scores"]["overall"] >= 0.9
+    assert by["single-pass", "geneval"]["cost"]["no_image"] > 0          # blank canvases are scored
+    assert by["process", "geneval"]["cost"]["forward_passes"] == 13
+    md = (tmp_path / "summary.md").read_text()
+    assert "Inference cost per prompt" in md and "| tiny | single-pass | knowledge |" in md
+    calls = fake.calls
+    # Resume: nothing is regenerated; one deleted image is.
+    (folder / "00003" / "samples" / "0001.png").unlink()
+    cli.evaluate([("tiny", fake)], tmp_path, modes=("process",), benchmarks=("geneval",), images_per_prompt=2,
+                 show_progress=False)
+    assert fake.calls == calls + 1 and (folder / "00003" / "samples" / "0001.png").is_file()
+    # Seeds differ per image index k (GenEval's 4 images per prompt are 4 different samples).
+    assert len(set(fake.seeds)) > 1
+
+
+def test_limit_and_tables_rebuild(tmp_path, oracle, monkeypatch, capsys):
+    gen_meta = _tiny_geneval()
+    monkeypatch.setattr(cli, "metadata_for", lambda b: gen_meta)
+    cli.evaluate([("a", FakeGenerator(oracle, [gen_meta]))], tmp_path, benchmarks=("geneval",),
+                 modes=("planner",), images_per_prompt=1, limit=3, show_progress=False)
+    assert not (tmp_path / "a" / "planner" / "geneval" / "00003").exists()
+    (tmp_path / "summary.md").unlink()
+    assert cli.main(["--tables", str(tmp_path)]) == 0
+    assert (tmp_path / "summary.md").is_file() and "| a | planner |" in capsys.readouterr().out
