@@ -275,6 +275,8 @@ class Packer:
 
     # ---------------------------------------------------------------- tensors
     def _build(self, entries: list[_Entry]) -> PackedBatch:
+        """Concatenate the samples' layouts (offset by each sample's start) into one PackedBatch of
+        L = max_tokens (or the real length without padding); timesteps drawn here, one per image."""
         plans = [e.plan for e in entries]
         lays = [p.layout() for p in plans]
         lens = [p.num_tokens for p in plans]
