@@ -41,12 +41,37 @@ class DataConfig:
     val_root: str | None = None           # validation dataset; None: built beside procedural data
     val_samples: int = 64                 # samples of the built validation set
     num_workers: int = 0
+    # Ablation knobs of the paper's rows (train/configs/*.yaml; see train/reproduce.py). They select
+    # how the procedural dataset is built (procpaint.datasets.DataConfig); None keeps its default.
+    trajectory: str = "process"           # "process" | "final_only": prompt -> final image (single-pass)
+    edit_share: float | None = None       # share of trajectories with an edit-op rewrite (0: no aug)
+    refine_share: float | None = None     # per round: flawed draft + critique + <refine> + fix
+    self_critique: bool = True            # False: no INSPECT critiques / refines in trajectories
+    conflict_source: str = "symbolic"     # conflict critiques: "symbolic" (scene graph) | "self"
+    conflict_ckpt: str | None = None      # multi-turn checkpoint that self-samples conflict plans
 
     def __post_init__(self):
         bad = sorted(set(self.subsets) - {"multiturn", "conflict", "alignment"})
         if bad or not self.subsets:
             raise ConfigError(f"data.subsets: unknown or empty {bad or self.subsets}; "
                               "choose from multiturn, conflict, alignment")
+        if self.trajectory not in ("process", "final_only"):
+            raise ConfigError(f"data.trajectory must be 'process' or 'final_only', got {self.trajectory!r}")
+        critique_subsets = sorted(set(self.subsets) & {"conflict", "alignment"})
+        if critique_subsets and (self.trajectory == "final_only" or not self.self_critique):
+            raise ConfigError(f"data.subsets {critique_subsets} are critique targets; they contradict "
+                              f"data.trajectory={self.trajectory!r} / "
+                              f"data.self_critique={self.self_critique}")
+        for key in ("edit_share", "refine_share"):
+            v = getattr(self, key)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"data.{key} must be in [0, 1] (or null for the default), got {v}")
+        if self.conflict_source not in ("symbolic", "self"):
+            raise ConfigError(f"data.conflict_source must be 'symbolic' or 'self', "
+                              f"got {self.conflict_source!r}")
+        if self.conflict_source == "self" and not self.conflict_ckpt:
+            raise ConfigError("data.conflict_source='self' needs data.conflict_ckpt "
+                              "(a multi-turn checkpoint)")
         for key in ("p_drop_text", "p_drop_image"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"data.{key} must be in [0, 1), got {getattr(self, key)}")
