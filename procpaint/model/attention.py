@@ -4,8 +4,11 @@ The mask (DESIGN.md, "Mask semantics") is built once per forward from the split 
 ``procpaint.kernels.packing`` and wrapped in an :class:`AttnContext` that every layer shares.
 :func:`attend` then runs one of:
 
-- ``sdpa``: ``F.scaled_dot_product_attention`` with the dense boolean mask (L, L). Works everywhere
-  and is the CPU training path (FlexAttention has no CPU backward).
+- ``sdpa``: ``F.scaled_dot_product_attention``, one call per sample with that sample's dense boolean
+  mask block (samples never see each other, so the (L, L) mask is block diagonal: per-sample calls
+  skip the zero blocks, ~L / sample_len less work than one masked call; an all-causal sample uses
+  ``is_causal`` and no mask). Works everywhere; the CPU training path (FlexAttention has no CPU
+  backward).
 - ``flex``: FlexAttention with the kernel's ``BlockMask`` (block-sparse, the GPU training path).
   Compiled on CUDA; eager (forward only, scores materialised) on CPU, which is what tests use.
 - ``xformers``: ``memory_efficient_attention`` with an additive bias (optional dependency).
@@ -89,7 +92,10 @@ class AttnContext:
     backend: str
     q_len: int
     k_len: int
-    mask: torch.Tensor | None = None          # sdpa: (Lq, Lk) bool, True = may attend
+    # sdpa: (q0, q1, k0, k1, mask) per diagonal block: queries q0:q1 attend keys k0:k1 under
+    # ``mask`` (q1-q0, k1-k0) bool (True = may attend), or causally when it is None; blocks tile
+    # the queries in order.
+    blocks: list[tuple[int, int, int, int, torch.Tensor | None]] | None = None
     bias: torch.Tensor | None = None          # xformers: (1, 1, Lq, Lk) additive, 8-aligned storage
     block_mask: Any = None                    # flex: torch BlockMask
     cu_seqlens_q: torch.Tensor | None = None  # flash: (S+1,) int32
@@ -104,10 +110,19 @@ class AttnContext:
         """A context from an explicit (Lq, Lk) boolean mask (inference with a KV cache)."""
         lq, lk = mask.shape
         if backend == "sdpa":
-            return cls("sdpa", lq, lk, mask=mask)
+            return cls("sdpa", lq, lk, blocks=[(0, lq, 0, lk, mask)])
         if backend == "xformers":
             return cls("xformers", lq, lk, bias=_aligned_bias(mask, dtype))
         raise ValueError(f"from_dense supports sdpa and xformers, not {backend!r}")
+
+    def dense_mask(self) -> torch.Tensor:
+        """The (Lq, Lk) boolean mask an sdpa context stands for (tests, debugging)."""
+        if self.blocks is None:
+            raise ValueError(f"dense_mask needs an sdpa context, this one is {self.backend!r}")
+        out = torch.zeros(self.q_len, self.k_len, dtype=torch.bool)
+        for q0, q1, k0, k1, m in self.blocks:
+            out[q0:q1, k0:k1] = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool).tril() if m is None else m
+        return out
 
 
 def _aligned_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -118,18 +133,27 @@ def _aligned_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return store[None, None, :, :lk]
 
 
-def _flash_layout(split_lens, attn_modes, sample_lens, num_real_tokens):
-    """(causal, segment lengths) when every real sample is one flash-attn segment, else raise."""
-    flags, i = [], 0
-    real_left = num_real_tokens if num_real_tokens else sum(sample_lens)
+def _samples(split_lens, attn_modes, sample_lens):
+    """Per sample: (start, its split lengths, its modes)."""
+    i, start = 0, 0
     for slen in sample_lens:
-        modes, acc = [], 0
-        while acc < slen:
+        lens, modes, acc = [], [], 0
+        while acc < slen and i < len(split_lens):
             acc += split_lens[i]
+            lens.append(split_lens[i])
             modes.append(attn_modes[i])
             i += 1
         if acc != slen:
-            raise ValueError(f"split_lens do not tile sample_lens (sample of {slen} tokens)")
+            raise ValueError(f"split_lens do not tile sample_lens (sample of {slen} tokens at {start})")
+        yield start, lens, modes
+        start += slen
+
+
+def _flash_layout(split_lens, attn_modes, sample_lens, num_real_tokens):
+    """(causal, segment lengths) when every real sample is one flash-attn segment, else raise."""
+    flags = []
+    real_left = num_real_tokens if num_real_tokens else sum(sample_lens)
+    for (_, _, modes), slen in zip(_samples(split_lens, attn_modes, sample_lens), sample_lens):
         if real_left <= 0:                     # the padding sample: its outputs are never read
             continue
         real_left -= slen
@@ -160,8 +184,14 @@ def build_attention(backend: str, split_lens: list[int], attn_modes: list[str], 
     backend = resolve_backend(backend, device)
     L = sum(sample_lens)
     if backend == "sdpa":
-        mask = _packing().attention_mask(split_lens, attn_modes, sample_lens, device=device)
-        return AttnContext("sdpa", L, L, mask=mask)
+        blocks = []
+        for start, lens, modes in _samples(split_lens, attn_modes, sample_lens):
+            end = start + sum(lens)
+            mask = None                        # all-causal sample: is_causal, no mask tensor
+            if any(m != "causal" for m in modes):   # the sample's own diagonal block of the rule
+                mask = _packing().attention_mask(lens, modes, [end - start], device=device)
+            blocks.append((start, end, start, end, mask))
+        return AttnContext("sdpa", L, L, blocks=blocks)
     if backend == "flex":
         bm = _packing().block_mask(split_lens, attn_modes, sample_lens, device=device)
         return AttnContext("flex", L, L, block_mask=bm)
@@ -201,14 +231,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) 
         h = q.shape[1]
         rep = h // k.shape[1]                  # xformers' 4-D API wants K/V at full head count
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        bias = ctx.bias.to(q.dtype).expand(1, h, ctx.q_len, ctx.k_len)
+        bias = ctx.bias
+        if bias.dtype != q.dtype:              # a plain .to() would lose the 8-aligned row stride
+            bias = _aligned_bias(bias[0, 0] == 0, q.dtype)
+        bias = bias.expand(1, h, ctx.q_len, ctx.k_len)
         return xops.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias)[0]
     # (L, H, hd) -> (1, H, L, hd): both remaining backends are head-major.
     q4, k4, v4 = (x.transpose(0, 1)[None] for x in (q, k, v))
     if ctx.backend == "flex":
         out = _flex(q4, k4, v4, ctx.block_mask)
     elif ctx.backend == "sdpa":
-        out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=ctx.mask, enable_gqa=True)
+        outs = [F.scaled_dot_product_attention(q4[:, :, q0:q1], k4[:, :, k0:k1], v4[:, :, k0:k1],
+                                               attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+                for q0, q1, k0, k1, mask in ctx.blocks]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     else:
         raise ValueError(f"unknown attention backend {ctx.backend!r}")
     return out[0].transpose(0, 1)                                            # (Lq, H, hd)

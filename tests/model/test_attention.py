@@ -41,7 +41,8 @@ def _qkv(L, h=4, hkv=2, hd=16, seed=0):
 def test_kernel_mask_is_the_design_rule(ref_mask):
     splits, modes, samples = _layout()
     ctx = build_attention("sdpa", splits, modes, samples, device="cpu")
-    assert torch.equal(ctx.mask, ref_mask(splits, modes, samples))
+    assert torch.equal(ctx.dense_mask(), ref_mask(splits, modes, samples))
+    assert ctx.blocks[-1][-1] is None                                       # causal padding: no tensor
 
 
 def test_sdpa_matches_naive_masked_softmax(ref_mask):

@@ -240,3 +240,34 @@ def test_overfit_one_pack(debug_cfg, pack):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_runs_on_packs_from_the_sequence_packer():
+    """Integration with the real packer: images of different sizes padded to one canvas, CE on the
+    modality switches, a padding sample; one training step's loss is finite and backpropagates."""
+    from procpaint.model import model_config
+    from procpaint.sequence.packing import Packer
+    from procpaint.sequence.tokenizer import TextTokenizer, build_word_level
+    from procpaint.sequence.types import ImageSegment, Sample, TextSegment
+
+    words = "draw a red blue circle square the is too small".split()
+    tok = TextTokenizer(build_word_level(words))
+    img = lambda h, w: torch.rand(3, h, w) * 2 - 1
+    samples = [
+        Sample([TextSegment("draw a red circle", role="prompt"),
+                TextSegment("<ins>draw a red circle</ins>", loss=True, role="plan"),
+                ImageSegment(img(8, 8), loss=True), TextSegment("the circle is too small", loss=True)],
+               eos=True),
+        Sample([TextSegment("draw a blue square"), ImageSegment(img(4, 6)),
+                TextSegment("the square is small", loss=True)]),
+    ]
+    cfg = model_config("debug", vocab_size=len(tok.tok.get_vocab()), attn_backend="sdpa")
+    packer = Packer(tok, pixels_per_token=cfg.pixels_per_token, max_tokens=128, overflow_buffer=0)
+    packs = [b for s in samples for b in packer.add(s)] + packer.flush()
+    model = build_model(cfg)
+    for batch in packs:
+        out = model(batch, generator=torch.Generator().manual_seed(0))
+        loss = _loss(out, batch) if out.v_pred.numel() else F.cross_entropy(out.ce_logits, batch.ce_labels)
+        assert torch.isfinite(loss)
+        loss.backward()
+    assert model.embed_tokens.weight.grad is not None
