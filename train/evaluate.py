@@ -73,6 +73,7 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
     The generator objects are injected (tests pass fakes); returns the summary rows.
     """
     from procpaint.evaluation import runner, tables
+    from procpaint.evaluation.layout import stratified
     from procpaint.inference.types import GenerationConfig
 
     for name, generator in runs:
@@ -81,13 +82,13 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
             if num_steps is not None:
                 cfg.num_steps = num_steps
             for bench in benchmarks:
-                meta = metadata_for(bench)
+                meta = stratified(metadata_for(bench), limit)     # --limit still covers every tag
                 folder = Path(out) / name / mode / bench
                 stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
-                                            batch_size=batch_size, limit=limit, show_progress=show_progress)
+                                            batch_size=batch_size, show_progress=show_progress)
                 print(f"{name}/{mode}/{bench}: generated {stats['generated']}, kept {stats['skipped']}",
                       file=sys.stderr)
-                runner.score_dir(folder, meta, limit=limit, show_progress=show_progress)
+                runner.score_dir(folder, meta, show_progress=show_progress)
     rows = tables.collect(out)
     tables.write_summary(out, rows)
     return rows
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=[*MODES, "all"], default="process")
     ap.add_argument("--images-per-prompt", type=int, default=4, help="GenEval uses 4")
     ap.add_argument("--out", type=Path, default=Path("eval"), help="output directory (or file)")
-    ap.add_argument("--limit", type=int, help="only the first N prompts of each benchmark")
+    ap.add_argument("--limit", type=int, help="only N prompts of each benchmark (round-robin over tags)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch-size", type=int, default=4, help="prompts per generate() call")
     ap.add_argument("--seed", type=int, default=0)

@@ -53,6 +53,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def stratified(metadata: list[dict], n: int | None) -> list[dict]:
+    """The first ``n`` prompts taken round-robin over tags (order kept within a tag), so a
+    ``--limit`` run still covers every tag; ``n=None`` keeps everything."""
+    if n is None or n >= len(metadata):
+        return list(metadata)
+    by: dict[str, list[dict]] = {}
+    for m in metadata:
+        by.setdefault(m.get("tag", ""), []).append(m)
+    out, k = [], 0
+    while len(out) < n:
+        for rows in by.values():
+            if k < len(rows) and len(out) < n:
+                out.append(rows[k])
+        k += 1
+    return out
+
+
 def prompt_dir(outdir: Path, index: int) -> Path:
     return Path(outdir) / f"{index:05d}"
 

@@ -125,7 +125,10 @@ def test_limit_and_tables_rebuild(tmp_path, oracle, monkeypatch, capsys):
     monkeypatch.setattr(cli, "metadata_for", lambda b: gen_meta)
     cli.evaluate([("a", FakeGenerator(oracle, [gen_meta]))], tmp_path, benchmarks=("geneval",),
                  modes=("planner",), images_per_prompt=1, limit=3, show_progress=False)
-    assert not (tmp_path / "a" / "planner" / "geneval" / "00003").exists()
+    folder = tmp_path / "a" / "planner" / "geneval"
+    assert not (folder / "00003").exists()
+    tags = [m["tag"] for m in layout.read_jsonl(folder / "evaluation_metadata.jsonl")]
+    assert tags == list(geneval.GENEVAL_TAGS[:3])                  # --limit covers tags round-robin
     (tmp_path / "summary.md").unlink()
     assert cli.main(["--tables", str(tmp_path)]) == 0
     assert (tmp_path / "summary.md").is_file() and "| a | planner |" in capsys.readouterr().out
