@@ -274,6 +274,9 @@ def test_collate_and_arguments():
     (b,) = pack_stream([Sample([TextSegment("red")])], TOK, pixels_per_token=PPT, max_tokens=4)
     assert collate_packed(b) is b and collate_packed([b]) is b
     assert b.sample_lens == [1, 3] and b.images.shape == (0, 3, 0, 0) and b.latent_timesteps.numel() == 0
+    (u,) = pack_stream([Sample([TextSegment("red")])], TOK, pixels_per_token=PPT, max_tokens=4,
+                       pad_to_budget=False)
+    assert u.seq_len == 1 and u.sample_lens == [1] and u.stats["efficiency"] == 0.25
     with pytest.raises(TypeError, match="one PackedBatch per step"):
         collate_packed([b, b])
     for bad in (dict(max_tokens=0), dict(max_tokens_per_sample=9, max_tokens=8), dict(p_drop_text=1.5),
