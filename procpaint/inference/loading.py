@@ -1,0 +1,145 @@
+"""``load_generator``: a :class:`Generator` from what ``train/fit.py`` writes.
+
+Accepted:
+
+- a Lightning checkpoint ``runs/<name>/version_N/checkpoints/*.ckpt``: ``hyper_parameters`` hold
+  ``config`` (the experiment Config as a dict) and ``model_config`` (ModelConfig fields),
+  ``state_dict`` keys are ``model.<...>`` (the EMA weights when EMA was on) and
+  ``checkpoint["tokenizer_json"]`` is the tokenizer;
+- an export directory ``runs/<name>/version_N/export/`` with model.safetensors,
+  model_config.json, tokenizer.json and (optional) config.yaml.
+
+Every problem is a :class:`CheckpointError` naming the file and what is missing or does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from procpaint.inference.generator import Generator
+from procpaint.model import ModelConfig, build_model
+from procpaint.sequence.tokenizer import TextTokenizer
+
+DEFAULT_IMAGE_SIZE = 32     # DataConfig's default, for exports without config.yaml
+
+
+class CheckpointError(ValueError):
+    """A missing, unreadable or incompatible checkpoint, naming the file."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, or a clear error when it is not available here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r} (use cpu or cuda[:N])") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine "
+                               f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise RuntimeError(f"device {device!r} is not supported for generation (use cpu or cuda)")
+    return dev
+
+
+def _model_config(data: dict, where: str) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CheckpointError(f"{where}: model config has fields this procpaint does not know: {unknown} "
+                              "(written by a newer version?)")
+    try:
+        return ModelConfig(**data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: invalid model config: {e}") from e
+
+
+def _tokenizer(source: str, where: str, from_file: bool) -> TextTokenizer:
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(source) if from_file else Tokenizer.from_str(source)
+        return TextTokenizer(tok)
+    except Exception as e:  # tokenizers raises its own Exception type on bad JSON
+        raise CheckpointError(f"{where}: unusable tokenizer: {e}") from e
+
+
+def _read_ckpt(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int]:
+    try:
+        # A Lightning checkpoint holds plain dicts of hyperparameters besides tensors; it is the
+        # user's own training output, so the full unpickler is acceptable here.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: no 'state_dict' (expected a Lightning checkpoint from train/fit.py)")
+    hp = ckpt.get("hyper_parameters") or {}
+    if "model_config" not in hp:
+        raise CheckpointError(f"{path}: hyper_parameters lack 'model_config' (not a procpaint checkpoint?)")
+    if "tokenizer_json" not in ckpt:
+        raise CheckpointError(f"{path}: no 'tokenizer_json' (train/fit.py checkpoints carry one)")
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if not state:
+        raise CheckpointError(f"{path}: state_dict has no 'model.*' weights")
+    image_size = (hp.get("config") or {}).get("data", {}).get("image_size", DEFAULT_IMAGE_SIZE)
+    return state, _model_config(dict(hp["model_config"]), str(path)), \
+        _tokenizer(ckpt["tokenizer_json"], str(path), False), int(image_size)
+
+
+def _read_export(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int]:
+    need = ["model.safetensors", "model_config.json", "tokenizer.json"]
+    missing = [n for n in need if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: export directory lacks {missing} (train/fit.py writes "
+                              f"{need + ['config.yaml']})")
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except Exception as e:
+        raise CheckpointError(f"{path / 'model.safetensors'}: unreadable ({e})") from e
+    try:
+        mc = json.loads((path / "model_config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / 'model_config.json'}: not valid JSON ({e})") from e
+    image_size = DEFAULT_IMAGE_SIZE
+    if (path / "config.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        image_size = int(OmegaConf.load(path / "config.yaml").get("data", {}).get("image_size", image_size))
+    return state, _model_config(mc, str(path / "model_config.json")), \
+        _tokenizer(str(path / "tokenizer.json"), str(path / "tokenizer.json"), True), image_size
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """A :class:`Generator` from a ``.ckpt`` file or an export directory, on ``device``."""
+    dev = resolve_device(device)
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    state, mcfg, tok, image_size = _read_export(path) if path.is_dir() else _read_ckpt(path)
+    if tok.vocab_size != mcfg.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model was built for "
+                              f"{mcfg.vocab_size}: they do not belong together")
+    try:
+        model = build_model(mcfg, device=dev)
+    except (FileNotFoundError, ImportError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot build its model: {e}") from e
+    # Non-persistent codec state is rebuilt; everything else must match exactly.
+    try:
+        result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("codec.vae.")},
+                                       strict=False)
+    except RuntimeError as e:                       # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the model config: {e}") from e
+    missing = [k for k in result.missing_keys if not k.startswith("codec.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: weights do not fit the model config: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
+    model.requires_grad_(False).eval()
+    return Generator(model, tok, image_size=image_size, source=str(path))

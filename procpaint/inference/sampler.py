@@ -1,0 +1,54 @@
+"""Flow sampling pieces: the Euler schedule and BAGEL's classifier-free guidance combination.
+
+Schedule (BAGEL ``generate_image``): t_i = linspace(1, 0, N), shifted t' = s t / (1 + (s - 1) t),
+N - 1 Euler steps x <- x - v(t_i) * (t_i - t_{i+1}) through the fused ``euler_step``.
+
+CFG (BAGEL): with v the conditional velocity, v_text the velocity without the last text and v_img
+the one without images, inside ``cfg_interval`` (lo < t <= hi):
+
+    v' = v_text + s_text (v - v_text);   v' = v_img + s_img (v' - v_img)   (when s_img != 1)
+    renorm: v' *= clamp(|v| / |v'|, renorm_min, 1), |.| over the whole image ("global") or per
+    latent token over channels ("token", BAGEL's "channel"); "none" skips it.
+
+Outside the interval (or with both scales 1) v is used unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from procpaint.kernels.flow import euler_step
+
+__all__ = ["cfg_active", "combine_cfg", "euler_step", "schedule"]
+
+
+def schedule(num_steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, dt): the num_steps - 1 times the velocity is evaluated at and the step sizes, float32."""
+    t = torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64)
+    t = shift * t / (1 + (shift - 1) * t)
+    return t[:-1].float(), (t[:-1] - t[1:]).float()
+
+
+def cfg_active(t: float, scale: float, interval: tuple[float, float]) -> bool:
+    """Whether a guidance branch of ``scale`` runs at time t (BAGEL: lo < t <= hi)."""
+    return scale != 1.0 and interval[0] < t <= interval[1]
+
+
+def combine_cfg(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tensor | None, *,
+                text_scale: float, image_scale: float, renorm: str, renorm_min: float = 0.0
+                ) -> torch.Tensor:
+    """v, v_text, v_img (N, D) -> guided (N, D); a branch given as None is not applied."""
+    out = v
+    if v_text is not None:
+        out = v_text + text_scale * (out - v_text)
+    if v_img is not None:
+        out = v_img + image_scale * (out - v_img)
+    if out is v or renorm == "none":
+        return out
+    if renorm == "global":
+        ratio = v.norm() / (out.norm() + 1e-8)
+    elif renorm == "token":
+        ratio = v.norm(dim=-1, keepdim=True) / (out.norm(dim=-1, keepdim=True) + 1e-8)   # (N, 1)
+    else:
+        raise ValueError(f"cfg_renorm must be none, global or token, got {renorm!r}")
+    return out * ratio.clamp(min=renorm_min, max=1.0)
