@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from procpaint.config import Config
+from procpaint.datasets.transforms import sample_transform
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.sequence.types import PackedBatch
 
@@ -47,7 +48,11 @@ class PackStream(IterableDataset):
                                rank=self.rank * num_workers + worker, world_size=self.world_size * num_workers,
                                shuffle=self.split == "train", seed=self.cfg.seed)
         ds.set_epoch(epoch)
-        return iter(ds)
+        d = self.cfg.data
+        transform = sample_transform(d.trajectory, d.self_critique)
+        if transform is None:
+            return iter(ds)
+        return (t for t in map(transform, ds) if t is not None)
 
     def _packer(self, worker: int):
         from procpaint.sequence.packing import Packer
@@ -102,7 +107,8 @@ class ProcPaintDataModule(L.LightningDataModule):
         if d.root is not None:
             return Path(d.root)
         key = json.dumps({"n": d.build_samples, "px": d.image_size, "seed": self.cfg.seed,
-                          "subsets": sorted(d.subsets)}, sort_keys=True)
+                          "subsets": sorted(d.subsets), "edit": d.edit_share, "refine": d.refine_share,
+                          "conflict": d.conflict_source}, sort_keys=True)
         return Path(d.cache_dir) / f"procedural-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
     @property
@@ -120,9 +126,13 @@ class ProcPaintDataModule(L.LightningDataModule):
         total = sum(base.size(s) for s in self.cfg.data.subsets)
         sizes = {s: max(1, round(samples * base.size(s) / total)) if s in self.cfg.data.subsets else 0
                  for s in ("multiturn", "conflict", "alignment")}
-        cfg = DataConfig(seed=seed, image_size=self.cfg.data.image_size, shard_size=max(8, samples // 4), **sizes)
+        d = self.cfg.data
+        knobs = {k: getattr(d, k) for k in ("edit_share", "refine_share") if getattr(d, k) is not None}
+        cfg = DataConfig(seed=seed, image_size=d.image_size, shard_size=max(8, samples // 4),
+                         conflict_source=d.conflict_source, **knobs, **sizes)
         log.info("building procedural data into %s (once)", out)
-        build_dataset(out, subsets=tuple(self.cfg.data.subsets), cfg=cfg, workers=1, progress=True)
+        build_dataset(out, subsets=tuple(d.subsets), cfg=cfg, workers=1, progress=True,
+                      checkpoint=d.conflict_ckpt)
 
     def prepare_data(self) -> None:
         """Build the procedural dataset once (rank 0) when no dataset root was given."""
