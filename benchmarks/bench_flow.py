@@ -1,0 +1,190 @@
+"""Benchmark: rectified-flow training step (interpolate + velocity MSE, forward and backward).
+
+    python benchmarks/bench_flow.py [--quick] [--device cpu|cuda] [--out results.md]
+
+One step = z_t = interp(clean, noise, t); loss = mse(pred, clean, noise); grad of loss w.r.t.
+pred. Three implementations in the same run: the fused procpaint ops, the eager PyTorch
+reference (``*_ref`` in procpaint/kernels/flow.py, the spec) and ``torch.compile`` of that
+reference (timed after warm-up). Bytes that must move: read clean, noise, pred (N D each) and t
+(N float32), write z_t and grad (N D each); GB/s counts only those, and ``%copy`` compares it
+with ``copy_`` of the same byte volume measured in this run.
+
+Peak extra memory: allocations beyond the step's outputs (z_t, grad, loss). CPU: every CPU
+allocator event recorded by torch.profiler(profile_memory=True), summed in time order, peak of
+that minus the outputs (the fused loss's O(N / 512) chunk partials live on the C++ stack/heap
+outside the allocator and are not counted). CUDA: torch.cuda.max_memory_allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from procpaint import _ext
+from procpaint.kernels import flow
+
+TARGETS = ("CPU, N=33000, D=64, float32: fused >= 3x eager and >= 50% of copy_ bandwidth; extra "
+           "memory O(N). H100: >= 80% of HBM bandwidth and faster than torch.compile.")
+
+
+def step_fused(clean, noise, t, pred):
+    z = flow.rf_interpolate(clean, noise, t)  # (N, D)
+    loss = flow.rf_mse(pred, clean, noise)  # ()
+    (grad,) = torch.autograd.grad(loss, pred)  # (N, D)
+    return z, loss, grad
+
+
+def _ref_forward(clean, noise, t, pred):
+    return flow.rf_interpolate_ref(clean, noise, t), flow.rf_mse_ref(pred, clean, noise)
+
+
+def make_ref_step(forward):
+    def step(clean, noise, t, pred):
+        z, loss = forward(clean, noise, t, pred)
+        (grad,) = torch.autograd.grad(loss, pred)
+        return z, loss, grad
+    return step
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn, device, min_rep_s=0.05, reps=7):
+    """Median seconds per call over `reps` repetitions of an inner loop of >= min_rep_s."""
+    for _ in range(3):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    inner = max(1, int(min_rep_s / max(time.perf_counter() - t0, 1e-7)))
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+def peak_extra_bytes(fn, device, output_bytes):
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        sync(device)
+        del out
+        return torch.cuda.max_memory_allocated() - base - output_bytes
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    del out
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak - output_bytes
+
+
+def bench_config(n, d, dtype, device, compile_ref=True):
+    g = torch.Generator(device=device.type).manual_seed(0)
+    clean, noise, pred = (torch.randn(n, d, generator=g, device=device).to(dtype) for _ in range(3))
+    pred.requires_grad_()
+    t = flow.sample_timesteps(n, generator=g, device=device)  # (N,) float32
+    args = (clean, noise, t, pred)
+    elem = clean.element_size()
+    must_move = 5 * n * d * elem + 4 * n  # read clean/noise/pred/t, write z_t/grad
+    out_bytes = 2 * n * d * elem + 4
+    src = torch.empty((must_move + 1) // 2, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    copy_s = time_it(lambda: dst.copy_(src), device)  # moves 2 * (must_move / 2) bytes
+    copy_gbs = 2 * src.numel() / copy_s / 1e9
+
+    impls = {"fused": step_fused, "eager ref": make_ref_step(_ref_forward)}
+    if compile_ref:
+        torch._dynamo.reset()
+        impls["compiled ref"] = make_ref_step(torch.compile(_ref_forward))
+    rows = {}
+    for name, fn in impls.items():
+        secs = time_it(lambda fn=fn: fn(*args), device)
+        extra = peak_extra_bytes(lambda fn=fn: fn(*args), device, out_bytes)
+        rows[name] = (secs, extra)
+    return rows, must_move, copy_gbs
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="N=33000, D=64 only")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    ap.add_argument("--out", help="write a markdown table here")
+    a = ap.parse_args(argv)
+    if os.environ.get("PROCPAINT_REQUIRE_EXT", "0") == "1":
+        _ext.require()
+    device = torch.device(a.device)
+    native = _ext.has_kernel("rf_mse", device)
+    ns, ds = ((33_000,), (64,)) if a.quick else ((4_096, 33_000, 131_072), (64, 48))
+    header = ("| N | D | dtype | impl | ms | x eager | x compiled | GB/s | % copy_ | pass % copy_ "
+              "| extra MB |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines = []
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {machine()}; load average {load:.1f}; torch {torch.__version__}; "
+          f"native kernels: {native}")
+    print(f"targets: {TARGETS}")
+    print(header)
+    for dtype in (torch.float32, torch.bfloat16):
+        for d in ds:
+            for n in ns:
+                rows, must_move, copy_gbs = bench_config(n, d, dtype, device, not a.no_compile)
+                eager = rows["eager ref"][0]
+                comp = rows.get("compiled ref", (float("nan"),))[0]
+                for name, (secs, extra) in rows.items():
+                    gbs = must_move / secs / 1e9
+                    passes = f"{100 * 2 * gbs / copy_gbs:.0f}%" if name == "fused" else ""
+                    line = (f"| {n} | {d} | {str(dtype).removeprefix('torch.')} | {name} | "
+                            f"{secs * 1e3:.3f} | {eager / secs:.2f} | {comp / secs:.2f} | {gbs:.2f} | "
+                            f"{100 * gbs / copy_gbs:.0f}% | {passes} | {extra / 2**20:.2f} |")
+                    lines.append(line)
+                    print(line, flush=True)
+                line = (f"| {n} | {d} | {str(dtype).removeprefix('torch.')} | copy_ (same bytes) | "
+                        f"{must_move / copy_gbs / 1e6:.3f} | | | {copy_gbs:.2f} | 100% | | |")
+                lines.append(line)
+                print(line, flush=True)
+    if a.out:
+        cmd = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+        body = (f"# bench_flow ({device.type})\n\n- date: {datetime.date.today().isoformat()}\n"
+                f"- machine: {machine()} (1-min load average at start: {load:.1f})\n"
+                f"- torch: {torch.__version__}\n- command: `{cmd}`\n"
+                f"- native kernels: {native}\n- targets: {TARGETS}\n\n{header}\n" + "\n".join(lines) + "\n")
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(body)
+        os.replace(tmp, a.out)  # never a half-written table
+
+
+if __name__ == "__main__":
+    main()
