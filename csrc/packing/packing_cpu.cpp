@@ -22,6 +22,10 @@ namespace {
 using packing::BlockFeat;
 using packing::SplitArrays;
 
+// Below these sizes a parallel region costs more than the work (and hurts a loaded machine).
+constexpr int64_t kParallelBytes = int64_t(1) << 20;  // dense elements
+constexpr int64_t kParallelBlocks = int64_t(1) << 14;  // block pairs
+
 // Host copies of the split metadata plus the prefix arrays SplitArrays points into.
 struct HostSplits {
   std::vector<int64_t> split_end, split_len, mode, sample_end, nn_end, noise_incl;
@@ -93,7 +97,7 @@ template <typename T>
 void fill_rows(T* out, const HostSplits& h, T on, T off) {
   const SplitArrays s = h.view();
   const int64_t L = s.seq_len;
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (L * L >= kParallelBytes)
   for (int64_t q = 0; q < L; ++q) {
     T* row = out + q * L;
     const packing::RowSpan r = packing::row_span(s, q);
@@ -162,7 +166,7 @@ BlockTensors block_mask_tensors_cpu(const at::Tensor& split_lens, const at::Tens
   std::vector<BlockFeat> feat(nb);
   std::vector<int8_t> cls(nb * nb);  // (q block, kv block) classes, nb^2 bytes
   const int threads = at::get_num_threads();
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (nb * nb >= kParallelBlocks)
   {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nb; ++i) feat[i] = packing::block_feat(s, i, block_size);
@@ -174,7 +178,7 @@ BlockTensors block_mask_tensors_cpu(const at::Tensor& split_lens, const at::Tens
   std::vector<at::Tensor> out = empty_block_outputs(nb, split_lens.options().dtype(at::kInt));
   int32_t* p[8];
   for (int i = 0; i < 8; ++i) p[i] = out[i].data_ptr<int32_t>();
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(threads) if (nb * nb >= kParallelBlocks)
   for (int64_t i = 0; i < nb; ++i) {
     const int8_t* row = cls.data() + i * nb;  // kv side: row i of the class matrix
     packing::order_line(row, 1, nb, packing::kPartial, p[0] + i, p[1] + i * nb);

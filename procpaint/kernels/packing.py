@@ -118,6 +118,13 @@ def validate(split_lens, attn_modes, sample_lens) -> Packing:
     return Packing(tuple(splits), tuple(modes), tuple(samples))
 
 
+@torch.compiler.assume_constant_result
+def _use_native(op: str, device_type: str) -> bool:
+    """Whether the extension has a kernel for ``op`` on ``device_type``; a constant under
+    torch.compile (the loader's file checks are not traceable and never change in a process)."""
+    return _ext.has_kernel(op, device_type)
+
+
 def _device_of(device, *inputs) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -151,7 +158,7 @@ def attention_mask(split_lens, attn_modes, sample_lens, *, device=None) -> torch
     p = validate(split_lens, attn_modes, sample_lens)
     dev = _device_of(device, split_lens, sample_lens)
     t = p.tensors(dev)
-    if _ext.has_kernel("attention_mask", dev):
+    if _use_native("attention_mask", dev.type):
         return torch.ops.procpaint.attention_mask(*t, p.seq_len)
     return attention_mask_ref(*t, p.seq_len)
 
@@ -164,7 +171,7 @@ def attention_bias(split_lens, attn_modes, sample_lens, *, dtype: torch.dtype = 
     p = validate(split_lens, attn_modes, sample_lens)
     dev = _device_of(device, split_lens, sample_lens)
     t = p.tensors(dev)
-    if _ext.has_kernel("attention_bias", dev):
+    if _use_native("attention_bias", dev.type):
         return torch.ops.procpaint.attention_bias(*t, p.seq_len, dtype)
     return ref.attention_bias_ref(*t, p.seq_len, dtype)
 
@@ -186,7 +193,7 @@ def _block_mask(split_lens, attn_modes, sample_lens, block_size, device, *, nati
     p = validate(split_lens, attn_modes, sample_lens)
     dev = _device_of(device, split_lens, sample_lens)
     t = p.tensors(dev)
-    if native and _ext.has_kernel("block_mask_tensors", dev):
+    if native and _use_native("block_mask_tensors", dev.type):
         parts = torch.ops.procpaint.block_mask_tensors(*t, p.seq_len, block_size)
     else:
         parts = ref.block_mask_tensors_ref(*t, p.seq_len, block_size)
