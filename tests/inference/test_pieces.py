@@ -1,0 +1,73 @@
+"""Units: the Euler schedule, CFG combination, the grammar's masks, seeded top-p sampling, the cache."""
+
+from __future__ import annotations
+
+import torch
+
+from procpaint.inference import grammar as G
+from procpaint.inference.engine import PackedCache
+from procpaint.inference.sampler import cfg_active, combine_cfg, schedule
+
+
+def test_schedule_is_shifted_linspace():
+    t, dt = schedule(50, 3.0)
+    ref = torch.linspace(1, 0, 50, dtype=torch.float64)
+    ref = 3 * ref / (1 + 2 * ref)
+    assert t.shape == (49,) and torch.allclose(t.double(), ref[:-1]) and abs(float(dt.sum()) - 1) < 1e-5
+    assert (dt > 0).all()
+
+
+def test_cfg_combination():
+    g = torch.Generator().manual_seed(0)
+    v, vt, vi = (torch.randn(6, 4, generator=g) for _ in range(3))
+    assert combine_cfg(v, None, None, text_scale=4, image_scale=2, renorm="global") is v
+    raw = vi + 2 * (vt + 4 * (v - vt) - vi)
+    out = combine_cfg(v, vt, vi, text_scale=4, image_scale=2, renorm="none")
+    torch.testing.assert_close(out, raw)
+    glob = combine_cfg(v, vt, vi, text_scale=4, image_scale=2, renorm="global")
+    assert torch.isclose(glob.norm(), torch.minimum(v.norm(), raw.norm()))
+    tok = combine_cfg(v, vt, vi, text_scale=4, image_scale=2, renorm="token")
+    assert (tok.norm(dim=-1) <= v.norm(dim=-1) + 1e-5).all()
+    assert cfg_active(1.0, 2.0, (0.0, 1.0)) and not cfg_active(0.0, 2.0, (0.0, 1.0))
+    assert not cfg_active(0.5, 1.0, (0.0, 1.0)) and not cfg_active(0.95, 2.0, (0.4, 0.9))
+
+
+def test_grammar_masks(tok):
+    gr = G.TagGrammar(tok)
+    ids = tok.tag_ids
+    assert gr.allowed(G.PLAN_OPEN).nonzero().flatten().tolist() == [ids["<ins>"]]
+    assert gr.allowed(G.TO_IMAGE).nonzero().flatten().tolist() == [tok.vision_start_id]
+    crit = gr.allowed(G.CRITIQUE)
+    assert crit[tok.eos_id] and crit[ids["<refine>"]] and not crit[tok.vision_start_id]
+    assert not gr.allowed(G.INS)[tok.eos_id] and gr.allowed(G.INS)[ids["</ins>"]]
+    s = G.PLAN_OPEN
+    for t in tok.encode("<ins>add a circle</ins><des>a circle</des>"):
+        s = gr.advance(s, t)
+    assert s == G.TO_IMAGE
+    loose = G.TagGrammar(tok, constrained=False)
+    assert loose.allowed(G.PLAN_OPEN)[tok.eos_id] and not loose.allowed(G.PLAN_OPEN)[tok.pad_id]
+    assert loose.allowed(G.BETWEEN, planner=True).sum() == 2
+
+
+def test_sampling_is_seeded_and_top_p_truncates():
+    logits = torch.tensor([3.0, 2.9, -5.0, -5.0])
+    allowed = torch.ones(4, dtype=torch.bool)
+    draws = lambda seed, p: [G.sample_token(logits, allowed, temperature=1.0, top_p=p,
+                                            generator=torch.Generator().manual_seed(seed)) for _ in range(1)]
+    assert draws(1, 0.9) == draws(1, 0.9)
+    g = torch.Generator().manual_seed(0)
+    seen = {G.sample_token(logits, allowed, temperature=1.0, top_p=0.5, generator=g) for _ in range(50)}
+    assert seen == {0}
+    assert G.sample_token(logits, allowed.logical_not().logical_or(torch.tensor([0, 0, 1, 0]).bool()),
+                          temperature=0.0, top_p=1.0, generator=g) == 2
+
+
+def test_packed_cache_fork_and_drop():
+    c = PackedCache(kv=[(torch.arange(4.0)[:, None, None], -torch.arange(4.0)[:, None, None])],
+                    owner=torch.tensor([0, 2, 0, 2]), serial=torch.tensor([0, 0, 1, 1]),
+                    next_serial={0: 2, 2: 2})
+    c.fork(0, 1)
+    assert c.owner.tolist() == [0, 2, 0, 2, 1, 1] and c.serial.tolist()[-2:] == [0, 1]
+    assert c.kv[0][0].flatten().tolist()[-2:] == [0.0, 2.0] and c.next_serial[1] == 2
+    c.drop([0, 1])
+    assert c.owner.tolist() == [2, 2] and c.kv[0][1].flatten().tolist() == [-1.0, -3.0]
