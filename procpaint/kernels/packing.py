@@ -160,7 +160,7 @@ def attention_mask(split_lens, attn_modes, sample_lens, *, device=None) -> torch
     t = p.tensors(dev)
     if _use_native("attention_mask", dev.type):
         return torch.ops.procpaint.attention_mask(*t, p.seq_len)
-    return attention_mask_ref(*t, p.seq_len)
+    return ref.attention_mask_ref(*t, p.seq_len)
 
 
 def attention_bias(split_lens, attn_modes, sample_lens, *, dtype: torch.dtype = torch.float32,

@@ -46,6 +46,15 @@ def test_example_native(native):
     assert torch.equal(bias, torch.zeros(11, 11, dtype=torch.float16).masked_fill(~EXPECTED, float("-inf")))
 
 
+def test_reference_fallback_routing(monkeypatch):
+    """Without a native kernel every public function runs its reference and agrees."""
+    monkeypatch.setattr(P, "_use_native", lambda op, device_type: False)
+    assert torch.equal(P.attention_mask(*EXAMPLE), EXPECTED)
+    assert torch.equal(P.attention_bias(*EXAMPLE, dtype=torch.float64) == 0, EXPECTED)
+    got, want = P.block_mask(*EXAMPLE, block_size=4), P.block_mask_ref(*EXAMPLE, block_size=4)
+    assert all(torch.equal(getattr(got, n), getattr(want, n)) for n in P._BLOCK_TENSORS)
+
+
 def test_inputs_as_tensors_and_codes(native):
     splits, modes, samples = EXAMPLE
     codes = torch.tensor([P.MODES[m] for m in modes], dtype=torch.int8)
