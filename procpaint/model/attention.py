@@ -217,6 +217,16 @@ def _flex(q, k, v, block_mask):
         return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
 
 
+@torch.compiler.disable
+def _sdpa_blocks(q4, k4, v4, blocks):
+    # Kept out of torch.compile graphs (apply_compile): the loop's trip count and block sizes vary
+    # with every pack's layout and would otherwise recompile the layer for each new layout.
+    outs = [F.scaled_dot_product_attention(q4[:, :, q0:q1], k4[:, :, k0:k1], v4[:, :, k0:k1],
+                                           attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+            for q0, q1, k0, k1, mask in blocks]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)                # (1, H, Lq, hd)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
     """Masked softmax attention, q (Lq, H, hd), k/v (Lk, Hkv, hd) -> (Lq, H, hd), scale hd**-0.5."""
     if q.shape[0] != ctx.q_len or k.shape[0] != ctx.k_len:
@@ -241,10 +251,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) 
     if ctx.backend == "flex":
         out = _flex(q4, k4, v4, ctx.block_mask)
     elif ctx.backend == "sdpa":
-        outs = [F.scaled_dot_product_attention(q4[:, :, q0:q1], k4[:, :, k0:k1], v4[:, :, k0:k1],
-                                               attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-                for q0, q1, k0, k1, mask in ctx.blocks]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        out = _sdpa_blocks(q4, k4, v4, ctx.blocks)
     else:
         raise ValueError(f"unknown attention backend {ctx.backend!r}")
     return out[0].transpose(0, 1)                                            # (Lq, H, hd)
