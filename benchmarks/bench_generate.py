@@ -1,0 +1,152 @@
+"""Inference cost of process-driven generation on CPU (the paper's "inference cost" column).
+
+Measures, per prompt:
+  1. process (Plan -> Sketch -> Inspect -> Refine, 4 images) vs single-pass (prompt -> one image):
+     forward passes and wall time, with the KV cache;
+  2. the KV cache against its baseline, recomputing the whole prefix at every call (use_cache=False),
+     on the same 4-image and 5-image trajectories (target: >= 3x);
+  3. batching: 8 trajectories in one batch vs one by one.
+
+A randomly initialised model writes noise, so trajectories are scripted (a logits processor biases
+the next token of a fixed 4- or 5-image script); every call still runs the full model and sampler,
+so costs are those of real trajectories of that shape. ``--ckpt`` uses trained weights instead
+(then the model's own trajectory lengths decide the cost).
+
+    python benchmarks/bench_generate.py [--preset small] [--steps 50] [--quick] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from procpaint.inference import GenerationConfig, Generator, load_generator  # noqa: E402
+from procpaint.model import build_model, model_config  # noqa: E402
+from procpaint.sequence.tokenizer import TextTokenizer, build_word_level  # noqa: E402
+from procpaint.world import vocabulary  # noqa: E402
+
+ROUND = ["<ins>add a red circle left of a blue square</ins><des>a red circle left of a blue square</des>", "VS",
+         "the image matches the plan"]
+REFINE = ["the image is missing a blue square", "<refine>add a blue square</refine>", "VS"]
+SCRIPTS = {4: ROUND + REFINE + ROUND + ROUND + ["EOS"], 5: ROUND + REFINE + ROUND + REFINE + ROUND + ["EOS"]}
+PROMPT = "a photo of a red circle left of a blue square"
+
+
+def encode(tok: TextTokenizer, parts: list[str]) -> list[int]:
+    out = []
+    for p in parts:
+        out += [tok.vision_start_id] if p == "VS" else [tok.eos_id] if p == "EOS" else tok.encode(p)
+    return out
+
+
+def scripted(script: list[int]):
+    calls: dict[int, int] = defaultdict(int)
+
+    def proc(idx, history, logits):
+        k = calls[idx]
+        calls[idx] += 1
+        if k < len(script):
+            logits = logits.clone()
+            logits[script[k]] += 50.0
+        return logits
+    return proc
+
+
+def timed(gen: Generator, prompts, cfg, script, repeats: int):
+    """Best-of-``repeats`` wall time of one generate call, and its results."""
+    best, res = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = gen.generate(prompts, cfg, logits_processor=scripted(script) if script else None)
+        best = min(best, time.perf_counter() - t0)
+    return best, res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--ckpt", help="use trained weights (.ckpt or export dir) instead of a random model")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP spin on small ops)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="10 flow steps, 1 repeat")
+    ap.add_argument("--out", help="write a markdown table here")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.repeats = 10, 1
+    torch.set_num_threads(args.threads)
+    if args.ckpt:
+        gen = load_generator(args.ckpt)
+        scripts = {k: None for k in SCRIPTS}
+    else:
+        tok = TextTokenizer(build_word_level(vocabulary()))
+        torch.manual_seed(0)
+        mcfg = model_config(args.preset, vocab_size=tok.vocab_size, attn_backend="sdpa", patch_size=4)
+        model = build_model(mcfg)
+        torch.nn.init.normal_(model.llm2vae.weight, std=0.02)
+        gen = Generator(model.eval(), tok, image_size=args.image_size)
+        scripts = {k: encode(tok, s) for k, s in SCRIPTS.items()}
+    cfg = GenerationConfig(num_steps=args.steps, max_text_tokens=64)
+    rows = []
+
+    def row(name, secs, res, note=""):
+        r = res[0]
+        rows.append((name, r.num_images, r.forward_passes, r.model_tokens, secs, note))
+        print(f"{name:<40} images={r.num_images} passes={r.forward_passes:>4} tokens={r.model_tokens:>7} "
+              f"{secs:8.3f} s  {note}", flush=True)
+
+    t_sp, r_sp = timed(gen, [PROMPT], replace(cfg, mode="single-pass"), None, args.repeats)
+    row("single-pass (cache)", t_sp, r_sp)
+    ratios = {}
+    for n in (4, 5):
+        t_c, r_c = timed(gen, [PROMPT], cfg, scripts[n], args.repeats)
+        row(f"process {n}-image script (cache)", t_c, r_c, f"{t_c / t_sp:.1f}x single-pass time")
+        t_u, r_u = timed(gen, [PROMPT], replace(cfg, use_cache=False), scripts[n], args.repeats)
+        ratios[n] = t_u / t_c
+        row(f"process {n}-image script (recompute prefix)", t_u, r_u, f"cache speed-up {ratios[n]:.2f}x")
+    t_cfg, r_cfg = timed(gen, [PROMPT], replace(cfg, cfg_text_scale=4.0, cfg_image_scale=2.0), scripts[4], 1)
+    row("process 4-image, text+image CFG (cache)", t_cfg, r_cfg, f"{t_cfg / rows[1][4]:.2f}x no-CFG time")
+    n_b = 8
+    t_b, r_b = timed(gen, [PROMPT] * n_b, cfg, scripts[4], 1)
+    t_1 = rows[1][4]
+    row(f"process 4-image, batch of {n_b} (per prompt)", t_b / n_b, r_b, f"{t_1 * n_b / t_b:.2f}x one-by-one")
+
+    if args.out:
+        cpu = platform.processor() or platform.machine()
+        try:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        mc = gen.model.cfg
+        lines = [f"# bench_generate — {datetime.date.today()}", "",
+                 f"- machine: {cpu}, {torch.get_num_threads()} torch thread(s) of "
+                 f"{torch.multiprocessing.cpu_count()} cores (shared with other jobs); torch {torch.__version__}",
+                 f"- model: {'checkpoint ' + args.ckpt if args.ckpt else 'random init, preset ' + args.preset} "
+                 f"(hidden {mc.hidden_size}, {mc.num_layers} layers, MoT={mc.mot}), image "
+                 f"{gen.image_size}px = {(gen.image_size // mc.pixels_per_token) ** 2} latent tokens, "
+                 f"{args.steps} flow points ({args.steps - 1} Euler steps), greedy text, best of {args.repeats}",
+                 f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`", "",
+                 "| run | images | forward passes | model tokens | wall s / prompt | note |",
+                 "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} | {e:.3f} | {f} |" for a, b, c, d, e, f in rows]
+        lines += ["", f"KV cache speed-up over recomputing the prefix: {ratios[4]:.2f}x (4 images), "
+                  f"{ratios[5]:.2f}x (5 images); target >= 3x.", ""]
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(lines))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
