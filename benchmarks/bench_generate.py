@@ -36,8 +36,8 @@ from procpaint.model import build_model, model_config  # noqa: E402
 from procpaint.sequence.tokenizer import TextTokenizer, build_word_level  # noqa: E402
 from procpaint.world import vocabulary  # noqa: E402
 
-ROUND = ["<ins>add a red circle left of a blue square</ins><des>a red circle left of a blue square</des>", "VS",
-         "the image matches the plan"]
+ROUND = ["<ins>add a red circle left of a blue square</ins>", "<des>a red circle left of a blue square</des>",
+         "VS", "the image matches the plan"]
 REFINE = ["the image is missing a blue square", "<refine>add a blue square</refine>", "VS"]
 SCRIPTS = {4: ROUND + REFINE + ROUND + ROUND + ["EOS"], 5: ROUND + REFINE + ROUND + REFINE + ROUND + ["EOS"]}
 PROMPT = "a photo of a red circle left of a blue square"
@@ -126,17 +126,21 @@ def main() -> None:
     if args.out:
         cpu = platform.processor() or platform.machine()
         try:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+            cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                       if ln.startswith("model name"))
         except (OSError, StopIteration):
             pass
         mc = gen.model.cfg
+        what = f"checkpoint {args.ckpt}" if args.ckpt else f"random init, preset {args.preset}"
+        cores = torch.multiprocessing.cpu_count()
         lines = [f"# bench_generate — {datetime.date.today()}", "",
                  f"- machine: {cpu}, {torch.get_num_threads()} torch thread(s) of "
-                 f"{torch.multiprocessing.cpu_count()} cores (shared with other jobs); torch {torch.__version__}",
-                 f"- model: {'checkpoint ' + args.ckpt if args.ckpt else 'random init, preset ' + args.preset} "
+                 f"{cores} cores (shared with other jobs); torch {torch.__version__}",
+                 f"- model: {what} "
                  f"(hidden {mc.hidden_size}, {mc.num_layers} layers, MoT={mc.mot}), image "
                  f"{gen.image_size}px = {(gen.image_size // mc.pixels_per_token) ** 2} latent tokens, "
-                 f"{args.steps} flow points ({args.steps - 1} Euler steps), greedy text, best of {args.repeats}",
+                 f"{args.steps} flow points ({args.steps - 1} Euler steps), greedy text, "
+                 f"best of {args.repeats}",
                  f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`", "",
                  "| run | images | forward passes | model tokens | wall s / prompt | note |",
                  "|---|---:|---:|---:|---:|---|"]
