@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import platform
 import random
 import time
@@ -111,10 +112,15 @@ def main():
         mot_r, dense_r = rows[-2], rows[-1]
         print(f"{preset:6s} MoT / dense fwd+bwd time: {mot_r['fwd_bwd'] / dense_r['fwd_bwd']:.2f}x")
     if args.out:
-        machine = platform.processor() or platform.machine()
+        machine = platform.machine()
+        if os.path.exists("/proc/cpuinfo"):
+            names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+            machine = f"{names[0]} x {len(names)}" if names else machine
+        env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
         head = (f"# bench_model ({datetime.date.today()})\n\nmachine: {machine}, "
-                f"{torch.get_num_threads()} threads; torch {torch.__version__}; backend {args.backend}; "
-                f"activation checkpointing {args.ac}\ncommand: `python benchmarks/bench_model.py "
+                f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end "
+                f"(other processes share the cores); torch {torch.__version__}; backend {args.backend}; "
+                f"activation checkpointing {args.ac}\ncommand: `{env}python benchmarks/bench_model.py "
                 f"--presets {' '.join(args.presets)} --tokens {args.tokens} --iters {args.iters}`\n\n"
                 "| preset | mot | params | fwd ms | fwd+bwd ms | tokens/s | GFLOP/s |\n"
                 "|---|---|---|---|---|---|---|\n")
