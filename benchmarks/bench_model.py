@@ -114,7 +114,8 @@ def main():
     if args.out:
         machine = platform.machine()
         if os.path.exists("/proc/cpuinfo"):
-            names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+            with open("/proc/cpuinfo") as f:
+                names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
             machine = f"{names[0]} x {len(names)}" if names else machine
         env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
         head = (f"# bench_model ({datetime.date.today()})\n\nmachine: {machine}, "
