@@ -45,6 +45,10 @@ def build_trainer(cfg: Config, *, extra_callbacks=()) -> L.Trainer:
     if cfg.optim.ema_decay > 0 and "fsdp" not in str(cfg.trainer.strategy):  # EMA cannot shard
         callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
     trainer_args = asdict(cfg.trainer)
+    if trainer_args["strategy"] == "ddp":
+        # A pack without images leaves the generation expert unused in that step, so DDP must
+        # look for unused parameters (a small cost) rather than hang waiting for their grads.
+        trainer_args["strategy"] = "ddp_find_unused_parameters_true"
     if trainer_args["val_check_interval"] is not None:  # steps; the stream has no epochs to align to
         trainer_args["check_val_every_n_epoch"] = None
     return L.Trainer(logger=logger, callbacks=callbacks, max_epochs=-1, **trainer_args)
