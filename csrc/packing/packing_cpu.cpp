@@ -113,30 +113,61 @@ void fill_rows(T* out, const HostSplits& h, T on, T off) {
   }
 }
 
-at::Tensor attention_mask_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
-                              const at::Tensor& sample_lens, c10::SymInt seq_len) {
-  const int64_t L = seq_len.expect_int();
-  const HostSplits h = prepare(split_lens, split_modes, sample_lens, L, "attention_mask");
-  at::Tensor out = at::empty({L, L}, split_lens.options().dtype(at::kBool));
-  fill_rows<uint8_t>(reinterpret_cast<uint8_t*>(out.data_ptr<bool>()), h, 1, 0);
-  return out;
+void check_out(const at::Tensor& out, const at::Tensor& like, int64_t L, at::ScalarType dtype, const char* op) {
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef({L, L}), op, ": out must have shape (", L, ", ", L,
+                    "), got ", out.sizes());
+  TORCH_CHECK_VALUE(out.scalar_type() == dtype, op, ": out must have dtype ", dtype, ", got ",
+                    out.scalar_type());
+  TORCH_CHECK_VALUE(out.is_contiguous(), op, ": out must be contiguous");
+  TORCH_CHECK_VALUE(out.device() == like.device(), op, ": out must be on ", like.device(), ", got ",
+                    out.device());
 }
 
-at::Tensor attention_bias_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
-                              const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype) {
-  const int64_t L = seq_len.expect_int();
-  const HostSplits h = prepare(split_lens, split_modes, sample_lens, L, "attention_bias");
-  at::Tensor out = at::empty({L, L}, split_lens.options().dtype(dtype));
-  // 0 / -inf as raw bit patterns: one integer fill routine serves every float width.
-  switch (dtype) {
+// 0 / -inf as raw bit patterns: one integer fill routine serves every float width.
+void fill_bias(at::Tensor& out, const HostSplits& h) {
+  switch (out.scalar_type()) {
     case at::kFloat: fill_rows<uint32_t>((uint32_t*)out.data_ptr(), h, 0u, 0xFF800000u); break;
     case at::kDouble:
       fill_rows<uint64_t>((uint64_t*)out.data_ptr(), h, 0ull, 0xFFF0000000000000ull);
       break;
     case at::kHalf: fill_rows<uint16_t>((uint16_t*)out.data_ptr(), h, 0, 0xFC00); break;
     case at::kBFloat16: fill_rows<uint16_t>((uint16_t*)out.data_ptr(), h, 0, 0xFF80); break;
-    default: TORCH_CHECK_VALUE(false, "attention_bias: dtype must be a float type, got ", dtype);
+    default: TORCH_CHECK_VALUE(false, "attention_bias: dtype must be a float type, got ", out.scalar_type());
   }
+}
+
+void attention_mask_out_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
+                            const at::Tensor& sample_lens, c10::SymInt seq_len, at::Tensor& out) {
+  const int64_t L = seq_len.expect_int();
+  check_out(out, split_lens, L, at::kBool, "attention_mask");
+  const HostSplits h = prepare(split_lens, split_modes, sample_lens, L, "attention_mask");
+  fill_rows<uint8_t>(reinterpret_cast<uint8_t*>(out.data_ptr<bool>()), h, 1, 0);
+}
+
+at::Tensor attention_mask_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
+                              const at::Tensor& sample_lens, c10::SymInt seq_len) {
+  const int64_t L = seq_len.expect_int();
+  at::Tensor out = at::empty({L, L}, split_lens.options().dtype(at::kBool));
+  attention_mask_out_cpu(split_lens, split_modes, sample_lens, seq_len, out);
+  return out;
+}
+
+void attention_bias_out_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
+                            const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype,
+                            at::Tensor& out) {
+  const int64_t L = seq_len.expect_int();
+  TORCH_CHECK_VALUE(at::isFloatingType(dtype), "attention_bias: dtype must be a float type, got ", dtype);
+  check_out(out, split_lens, L, dtype, "attention_bias");
+  const HostSplits h = prepare(split_lens, split_modes, sample_lens, L, "attention_bias");
+  fill_bias(out, h);
+}
+
+at::Tensor attention_bias_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
+                              const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype) {
+  const int64_t L = seq_len.expect_int();
+  TORCH_CHECK_VALUE(at::isFloatingType(dtype), "attention_bias: dtype must be a float type, got ", dtype);
+  at::Tensor out = at::empty({L, L}, split_lens.options().dtype(dtype));
+  attention_bias_out_cpu(split_lens, split_modes, sample_lens, seq_len, dtype, out);
   return out;
 }
 
@@ -203,6 +234,12 @@ at::Tensor attention_bias_meta(const at::Tensor& split_lens, const at::Tensor&, 
   return at::empty_symint({seq_len, seq_len}, split_lens.options().dtype(dtype));
 }
 
+void attention_mask_out_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt,
+                             at::Tensor&) {}
+
+void attention_bias_out_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt,
+                             at::ScalarType, at::Tensor&) {}
+
 BlockTensors block_mask_tensors_meta(const at::Tensor& split_lens, const at::Tensor&, const at::Tensor&,
                                      c10::SymInt seq_len, int64_t block_size) {
   TORCH_CHECK_VALUE(block_size > 0, "block_mask_tensors: block_size must be > 0, got ", block_size);
@@ -221,12 +258,16 @@ BlockTensors block_mask_tensors_meta(const at::Tensor& split_lens, const at::Ten
 TORCH_LIBRARY_IMPL(procpaint, CPU, m) {
   m.impl("attention_mask", &attention_mask_cpu);
   m.impl("attention_bias", &attention_bias_cpu);
+  m.impl("attention_mask_out", &attention_mask_out_cpu);
+  m.impl("attention_bias_out", &attention_bias_out_cpu);
   m.impl("block_mask_tensors", &block_mask_tensors_cpu);
 }
 
 TORCH_LIBRARY_IMPL(procpaint, Meta, m) {
   m.impl("attention_mask", &attention_mask_meta);
   m.impl("attention_bias", &attention_bias_meta);
+  m.impl("attention_mask_out", &attention_mask_out_meta);
+  m.impl("attention_bias_out", &attention_bias_out_meta);
   m.impl("block_mask_tensors", &block_mask_tensors_meta);
 }
 

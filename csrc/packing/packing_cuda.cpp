@@ -74,31 +74,60 @@ void fill(at::Tensor& out, const DeviceSplits& d, int64_t L, uint64_t on, uint64
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+void check_out(const at::Tensor& out, const at::Tensor& like, int64_t L, at::ScalarType dtype, const char* op) {
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef({L, L}), op, ": out must have shape (", L, ", ", L,
+                    "), got ", out.sizes());
+  TORCH_CHECK_VALUE(out.scalar_type() == dtype, op, ": out must have dtype ", dtype, ", got ",
+                    out.scalar_type());
+  TORCH_CHECK_VALUE(out.is_contiguous(), op, ": out must be contiguous");
+  TORCH_CHECK(out.device() == like.device(), op, ": out must be on ", like.device(), ", got ", out.device());
+}
+
+uint64_t neg_inf_bits(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return 0xFF800000ull;
+    case at::kDouble: return 0xFFF0000000000000ull;
+    case at::kHalf: return 0xFC00ull;
+    case at::kBFloat16: return 0xFF80ull;
+    default: TORCH_CHECK_VALUE(false, "attention_bias: dtype must be a float type, got ", dtype);
+  }
+  return 0;
+}
+
+void attention_mask_out_cuda(const at::Tensor& split_lens, const at::Tensor& split_modes,
+                             const at::Tensor& sample_lens, c10::SymInt seq_len, at::Tensor& out) {
+  const int64_t L = seq_len.expect_int();
+  const c10::cuda::CUDAGuard guard(split_lens.device());
+  check_out(out, split_lens, L, at::kBool, "attention_mask");
+  const DeviceSplits d = prepare(split_lens, split_modes, sample_lens, L, "attention_mask");
+  fill(out, d, L, 1, 0);
+}
+
 at::Tensor attention_mask_cuda(const at::Tensor& split_lens, const at::Tensor& split_modes,
                                const at::Tensor& sample_lens, c10::SymInt seq_len) {
   const int64_t L = seq_len.expect_int();
-  const c10::cuda::CUDAGuard guard(split_lens.device());
-  const DeviceSplits d = prepare(split_lens, split_modes, sample_lens, L, "attention_mask");
   at::Tensor out = at::empty({L, L}, split_lens.options().dtype(at::kBool));
-  fill(out, d, L, 1, 0);
+  attention_mask_out_cuda(split_lens, split_modes, sample_lens, seq_len, out);
   return out;
+}
+
+void attention_bias_out_cuda(const at::Tensor& split_lens, const at::Tensor& split_modes,
+                             const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype,
+                             at::Tensor& out) {
+  const int64_t L = seq_len.expect_int();
+  const c10::cuda::CUDAGuard guard(split_lens.device());
+  const uint64_t off = neg_inf_bits(dtype);
+  check_out(out, split_lens, L, dtype, "attention_bias");
+  const DeviceSplits d = prepare(split_lens, split_modes, sample_lens, L, "attention_bias");
+  fill(out, d, L, 0, off);
 }
 
 at::Tensor attention_bias_cuda(const at::Tensor& split_lens, const at::Tensor& split_modes,
                                const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype) {
   const int64_t L = seq_len.expect_int();
-  const c10::cuda::CUDAGuard guard(split_lens.device());
-  uint64_t off = 0;  // -inf bit patterns per float width
-  switch (dtype) {
-    case at::kFloat: off = 0xFF800000ull; break;
-    case at::kDouble: off = 0xFFF0000000000000ull; break;
-    case at::kHalf: off = 0xFC00ull; break;
-    case at::kBFloat16: off = 0xFF80ull; break;
-    default: TORCH_CHECK_VALUE(false, "attention_bias: dtype must be a float type, got ", dtype);
-  }
-  const DeviceSplits d = prepare(split_lens, split_modes, sample_lens, L, "attention_bias");
+  neg_inf_bits(dtype);  // rejects non-float dtypes before allocating
   at::Tensor out = at::empty({L, L}, split_lens.options().dtype(dtype));
-  fill(out, d, L, 0, off);
+  attention_bias_out_cuda(split_lens, split_modes, sample_lens, seq_len, dtype, out);
   return out;
 }
 
@@ -130,6 +159,8 @@ block_mask_tensors_cuda(const at::Tensor& split_lens, const at::Tensor& split_mo
 TORCH_LIBRARY_IMPL(procpaint, CUDA, m) {
   m.impl("attention_mask", &attention_mask_cuda);
   m.impl("attention_bias", &attention_bias_cuda);
+  m.impl("attention_mask_out", &attention_mask_out_cuda);
+  m.impl("attention_bias_out", &attention_bias_out_cuda);
   m.impl("block_mask_tensors", &block_mask_tensors_cuda);
 }
 

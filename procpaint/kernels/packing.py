@@ -150,30 +150,51 @@ def block_mask_ref(split_lens, attn_modes, sample_lens, *, block_size: int = 128
 
 # ---- public API -------------------------------------------------------------------------------
 
-def attention_mask(split_lens, attn_modes, sample_lens, *, device=None) -> torch.Tensor:
+def attention_mask(split_lens, attn_modes, sample_lens, *, device=None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask of the packing rule, True = query row may attend key column.
 
     split_lens (S,), attn_modes (S,), sample_lens (N,) -> (L, L) bool on ``device``, L = sum(split_lens).
+    ``out``: a contiguous (L, L) bool buffer to write into (reusing one per step skips the page
+    faults of a fresh L*L allocation, which on CPU cost several times the fill itself).
     """
     p = validate(split_lens, attn_modes, sample_lens)
-    dev = _device_of(device, split_lens, sample_lens)
+    dev = out.device if out is not None else _device_of(device, split_lens, sample_lens)
     t = p.tensors(dev)
     if _use_native("attention_mask", dev.type):
+        if out is not None:
+            torch.ops.procpaint.attention_mask_out(*t, p.seq_len, out)
+            return out
         return torch.ops.procpaint.attention_mask(*t, p.seq_len)
-    return ref.attention_mask_ref(*t, p.seq_len)
+    mask = ref.attention_mask_ref(*t, p.seq_len)
+    return mask if out is None else _copy_out(out, mask)
 
 
 def attention_bias(split_lens, attn_modes, sample_lens, *, dtype: torch.dtype = torch.float32,
-                   device=None) -> torch.Tensor:
-    """Additive form of :func:`attention_mask` for SDPA / xformers: (L, L) ``dtype``, 0 or -inf."""
+                   device=None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive form of :func:`attention_mask` for SDPA / xformers: (L, L) ``dtype``, 0 or -inf.
+    With ``out`` (contiguous (L, L) float buffer) its dtype and device are used."""
+    if out is not None:
+        dtype = out.dtype
     if not dtype.is_floating_point:
         raise ValueError(f"attention_bias: dtype must be a floating type, got {dtype}")
     p = validate(split_lens, attn_modes, sample_lens)
-    dev = _device_of(device, split_lens, sample_lens)
+    dev = out.device if out is not None else _device_of(device, split_lens, sample_lens)
     t = p.tensors(dev)
     if _use_native("attention_bias", dev.type):
+        if out is not None:
+            torch.ops.procpaint.attention_bias_out(*t, p.seq_len, dtype, out)
+            return out
         return torch.ops.procpaint.attention_bias(*t, p.seq_len, dtype)
-    return ref.attention_bias_ref(*t, p.seq_len, dtype)
+    bias = ref.attention_bias_ref(*t, p.seq_len, dtype)
+    return bias if out is None else _copy_out(out, bias)
+
+
+def _copy_out(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    if out.shape != result.shape or out.dtype != result.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {tuple(result.shape)} {result.dtype} tensor, got "
+                         f"{tuple(out.shape)} {out.dtype}")
+    return out.copy_(result)
 
 
 def block_mask(split_lens, attn_modes, sample_lens, *, block_size: int = 128,

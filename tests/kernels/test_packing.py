@@ -74,6 +74,26 @@ def test_opcheck(native, packing, op):
     torch.library.opcheck(getattr(torch.ops.procpaint, op).default, (*args, *extra))
 
 
+@pytest.mark.parametrize("use_native", [True, False])
+def test_out_variants(native, monkeypatch, use_native):
+    if not use_native:
+        monkeypatch.setattr(P, "_use_native", lambda op, device_type: False)
+    buf = torch.ones(11, 11, dtype=torch.bool)
+    assert P.attention_mask(*EXAMPLE, out=buf) is buf and torch.equal(buf, EXPECTED)
+    bias = torch.empty(11, 11, dtype=torch.bfloat16)
+    assert P.attention_bias(*EXAMPLE, out=bias) is bias and torch.equal(bias == 0, EXPECTED)
+    with pytest.raises(ValueError, match="out must"):
+        P.attention_mask(*EXAMPLE, out=torch.empty(11, 10, dtype=torch.bool))
+
+
+def test_opcheck_out_variants(native):
+    args = op_args(EXAMPLE)
+    torch.library.opcheck(torch.ops.procpaint.attention_mask_out.default,
+                          (*args, torch.empty(11, 11, dtype=torch.bool)))
+    torch.library.opcheck(torch.ops.procpaint.attention_bias_out.default,
+                          (*args, torch.float32, torch.empty(11, 11)))
+
+
 def test_meta_shapes(native):
     split_lens, modes, samples, L = op_args(EXAMPLE, "meta")
     assert torch.ops.procpaint.attention_mask(split_lens, modes, samples, L).shape == (11, 11)
