@@ -10,7 +10,8 @@ Format and rules follow GenEval (Ghosh et al., 2023; github.com/djghosh13/geneva
 * ``include`` clauses are ANDed: the ``count`` most confident detections of the class must exist;
   with ``color`` at least ``count`` of them must have it; with ``position: [rel, i]`` every kept
   object must stand in ``rel`` to every object kept by include clause ``i`` (GenEval's rule,
-  :func:`relative_position`).
+  :func:`procpaint.world.scene.relative_position` -- the world's own definition of a relation, so
+  oracle layouts and the judge agree with this scorer by construction).
 * ``exclude`` clauses fail when ``count`` or more objects of the class are detected.
 * tag score = mean over images; overall = unweighted mean over the six tags.
 
@@ -43,13 +44,21 @@ from ..world.detect import Detection, Detector
 from ..world.grammar import prompt_text
 from ..world.prompts import is_heldout, prompt_key
 from ..world.render import inside, unit_stats
-from ..world.scene import COLORS, RELATIONS, SHAPES, SIZES, Obj, Spec
+from ..world.scene import (
+    COLORS,
+    POSITION_THRESHOLD,  # noqa: F401  (re-exported: GenEval's constant)
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Obj,
+    Spec,
+    relative_position,
+)
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 # GenEval's own prompt counts per tag (553 in all).
 TAG_COUNTS = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
               "color_attr": 100}
-POSITION_THRESHOLD = 0.1          # GenEval: shrink the centre offset by 0.1 x (sum of box extents)
 MIN_CONFIDENCE = 0.3              # GenEval's default detection threshold, on our shape-fit confidence
 HELDOUT_FRACTION = 0.05           # procpaint.datasets.DataConfig.heldout_fraction
 
@@ -176,28 +185,6 @@ def default_metadata() -> list[dict]:
     return [json.loads(s) for s in _default()]
 
 
-def realize_geneval(spec: Spec, rng: np.random.Generator, tries: int = 200):
-    """:func:`~procpaint.world.scene.realize`, keeping only layouts GenEval's rule agrees with.
-
-    The world reads ``a left of b`` off layout columns, so a steep diagonal (one column, two rows
-    apart) counts; GenEval's rule (:func:`relative_position`) does not. Here every stated relation
-    must also lie on the dominant axis of the cell offset (a 45-degree diagonal passes both rules).
-    """
-    from ..world.scene import realize
-
-    for _ in range(tries):
-        state = realize(spec, rng)
-        if all(geneval_agrees(state.objects[a], r, state.objects[b]) for a, r, b in spec.relations):
-            return state
-    raise ValueError(f"no GenEval-consistent layout of {spec} in {tries} tries")
-
-
-def geneval_agrees(a, rel: str, b) -> bool:
-    """Does GenEval's rule see ``rel`` between placed objects ``a`` and ``b`` (cells, unit boxes)?"""
-    dr, dc = a.row - b.row, a.col - b.col
-    return rel in relative_position((dc - 0.35, dr - 0.35, dc + 0.35, dr + 0.35), (-0.35, -0.35, 0.35, 0.35))
-
-
 # ---------------------------------------------------------------- detections
 
 @dataclass(frozen=True)
@@ -245,31 +232,6 @@ def detect(image: np.ndarray, detector: Detector | None = None,
 
 
 # ---------------------------------------------------------------- GenEval's rules
-
-def relative_position(a: tuple, b: tuple, threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """Relations of box ``a`` to box ``b`` (x1, y1, x2, y2; y down), GenEval's rule.
-
-    The centre offset is shrunk per axis by ``threshold`` x (sum of the two boxes' extents on that
-    axis), then divided by the unshrunk offset's length; a component beyond 0.5 is a relation.
-    """
-    a, b = np.asarray(a, float).reshape(2, 2), np.asarray(b, float).reshape(2, 2)
-    offset = a.mean(0) - b.mean(0)                              # (2,) x, y
-    dims = np.abs(a[1] - a[0]) + np.abs(b[1] - b[0])            # (2,)
-    revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    rels = set()
-    if dx < -0.5:
-        rels.add("left of")
-    if dx > 0.5:
-        rels.add("right of")
-    if dy < -0.5:
-        rels.add("above")
-    if dy > 0.5:
-        rels.add("below")
-    return rels
-
 
 def evaluate(objects: dict[str, list[Box]], metadata: dict) -> tuple[bool, str]:
     """GenEval's verdict for one image: (correct, reason), reasons one per failed clause."""

@@ -5,7 +5,7 @@ symbolises ..."), so the model must resolve world knowledge before drawing. Here
 a colour, a shape, a count or a relation through a fact, and carries the scene graph the fact
 resolves to (``spec``), so scoring is exact: the detector's state of the image must satisfy the
 scene graph (:func:`procpaint.world.scene.satisfies`: exactly those objects, attributes matching,
-relations read off layout cells).
+relations by the world's GenEval rule on layout cells).
 
     cultural   "a photo of a circle the color of a ripe banana"         -> yellow circle
     time       "a photo of as many green stars as there are seasons in a year" -> four green stars

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .render import SIZE_FRACTION, coverage, unit_stats
-from .scene import GRID, PALETTE, SHAPES, Placed, State
+from .render import coverage, unit_stats
+from .scene import GRID, PALETTE, SHAPES, SIZE_FRACTION, Placed, State
 
 _PAL = np.array(list(PALETTE.values()), np.float32)            # (10, 3)
 _NAMES = list(PALETTE)

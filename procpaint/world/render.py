@@ -14,12 +14,11 @@ from functools import cache
 
 import numpy as np
 
-from .scene import BACKGROUND, GRID, PALETTE, Placed, State
+from .scene import BACKGROUND, GRID, PALETTE, SIZE_FRACTION, Placed, State
 
 STAR = np.array([(np.sin(a) * rad, -np.cos(a) * rad)
                  for k in range(10) for a, rad in [(np.pi * k / 5, 1.0 if k % 2 == 0 else 0.45)]])
 TRIANGLE = np.array([(0.0, -1.0), (1.0, 0.8), (-1.0, 0.8)])
-SIZE_FRACTION = {"small": 0.25, "large": 0.36}    # half-extent as a fraction of the cell size
 
 
 def _in_polygon(x: np.ndarray, y: np.ndarray, poly: np.ndarray) -> np.ndarray:

@@ -7,14 +7,21 @@ Two levels, because text under-specifies images:
 * :class:`State` is what an image shows: fully specified objects placed in the cells of a
   ``GRID x GRID`` layout. ``State.spec()`` is its complete description.
 
-Relations are read off the layout: ``a left of b`` iff ``a``'s column is smaller (``above``: row).
+Relations have one definition, GenEval's relative-position rule (:func:`relative_position`),
+applied to the objects' nominal boxes in their layout cells (:func:`cell_box`). On the grid it reads:
+``a left of b`` iff ``a``'s column is smaller *and* the column offset is at least the row offset,
+so a steep diagonal (one column, two rows apart) is only ``above`` / ``below`` and a 45-degree
+diagonal is both. Rendered jitter stays well inside the rule's margins, so GenEval's scorer on the
+rendered (and detected) boxes agrees with the world (tests/world/test_position.py).
 Matching a state against a spec is exact bookkeeping, which is what makes the judge exact.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 import numpy as np
 
@@ -34,6 +41,8 @@ RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 GRID = 3                            # layout cells per side; at most GRID*GRID objects
 MAX_OBJECTS = GRID * GRID
+SIZE_FRACTION = {"small": 0.25, "large": 0.36}    # half-extent as a fraction of the cell size
+POSITION_THRESHOLD = 0.1            # GenEval: shrink the centre offset by 0.1 x (sum of box extents)
 
 
 @dataclass(frozen=True, order=True)
@@ -92,14 +101,55 @@ class Placed:
         return Obj(self.shape, self.color, self.size)
 
 
+def relative_position(a: tuple, b: tuple, threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """Relations of box ``a`` to box ``b`` (x1, y1, x2, y2; y down), GenEval's rule.
+
+    The centre offset is shrunk per axis by ``threshold`` x (sum of the two boxes' extents on that
+    axis), then divided by the unshrunk offset's length; a component beyond 0.5 is a relation.
+    Plain floats (no numpy): the world calls this in its inner loops.
+    """
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
+    ox, oy = (ax0 + ax1) / 2 - (bx0 + bx1) / 2, (ay0 + ay1) / 2 - (by0 + by1) / 2
+    sx = abs(ax1 - ax0) + abs(bx1 - bx0)
+    sy = abs(ay1 - ay0) + abs(by1 - by0)
+    rx = math.copysign(max(abs(ox) - threshold * sx, 0.0), ox)
+    ry = math.copysign(max(abs(oy) - threshold * sy, 0.0), oy)
+    if abs(rx) < 1e-3 and abs(ry) < 1e-3:
+        return set()
+    norm = math.hypot(ox, oy)
+    dx, dy = rx / norm, ry / norm
+    rels = set()
+    if dx < -0.5:
+        rels.add("left of")
+    if dx > 0.5:
+        rels.add("right of")
+    if dy < -0.5:
+        rels.add("above")
+    if dy > 0.5:
+        rels.add("below")
+    return rels
+
+
+def cell_box(row: int, col: int, size: str) -> tuple[float, float, float, float]:
+    """Nominal box (x1, y1, x2, y2) in cell units of an object of ``size`` centred in its cell."""
+    h = SIZE_FRACTION[size]
+    return (col + 0.5 - h, row + 0.5 - h, col + 0.5 + h, row + 0.5 + h)
+
+
+@cache
+def _cell_relations(ra: int, ca: int, sa: str, rb: int, cb: int, sb: str) -> frozenset[str]:
+    return frozenset(relative_position(cell_box(ra, ca, sa), cell_box(rb, cb, sb)))
+
+
+def relations_between(a: Placed, b: Placed) -> frozenset[str]:
+    """Every relation of ``a`` to ``b`` (GenEval's rule on the nominal cell boxes)."""
+    return _cell_relations(a.row, a.col, a.size, b.row, b.col, b.size)
+
+
 def relation_holds(a: Placed, rel: str, b: Placed) -> bool:
-    if rel == "left of":
-        return a.col < b.col
-    if rel == "right of":
-        return a.col > b.col
-    if rel == "above":
-        return a.row < b.row
-    return a.row > b.row
+    """``a rel b`` -- the world's only definition of a relation (see the module docstring)."""
+    return rel in _cell_relations(a.row, a.col, a.size, b.row, b.col, b.size)
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from procpaint.evaluation.geneval import realize_geneval, spec_from_json
-from procpaint.world import Renderer
+from procpaint.evaluation.geneval import spec_from_json
+from procpaint.world import Renderer, realize
 
 
 def oracle_image(meta: dict, seed: int, renderer: Renderer | None = None) -> np.ndarray:
     """The ground-truth render of a metadata line's scene graph: (32, 32, 3) uint8."""
-    state = realize_geneval(spec_from_json(meta["spec"]), np.random.default_rng(seed))
+    state = realize(spec_from_json(meta["spec"]), np.random.default_rng(seed))
     return (renderer or Renderer(32)).paint(state, seed)
 
 
