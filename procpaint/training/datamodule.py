@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,15 @@ class ProcPaintDataModule(L.LightningDataModule):
             if self.cfg.data.val_root is not None:
                 raise FileNotFoundError(f"data.val_root={self.val_root} has no manifest.json")
             self._build(self.val_root, self.cfg.data.val_samples, self.cfg.seed + 10_000)
+
+    def wait_for_data(self, timeout_s: float = 3600.0) -> None:
+        """Block until local rank 0 has finished building the data (its manifests are written last)."""
+        roots = [r for r in (self.root, self.val_root) if r is not None]
+        deadline = time.monotonic() + timeout_s
+        while not all((r / "manifest.json").is_file() for r in roots):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s:.0f}s for local rank 0 to build {roots}")
+            time.sleep(1.0)
 
     def load_tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,15 +72,21 @@ def export_weights(module: ProcPaintModule, out_dir: Path) -> Path:
     return out_dir / "model.safetensors"
 
 
-def fit(cfg: Config) -> FitResult:
+def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = ProcPaintDataModule(cfg)
-    datamodule.prepare_data()          # builds the procedural dataset once if absent
+    # The vocabulary size (for the model) comes from the dataset's tokenizer, so the data must exist
+    # before the trainer starts: local rank 0 builds it (Lightning's DDP launcher spawns the other
+    # ranks later, inside trainer.fit); ranks started externally (torchrun, SLURM) wait for it.
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        datamodule.prepare_data()
+    else:
+        datamodule.wait_for_data()
     tokenizer = datamodule.load_tokenizer()
     module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size)
     module.tokenizer_json = tokenizer.tok.to_str()
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, extra_callbacks=extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     log_dir = trainer.logger.log_dir

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -22,6 +23,15 @@ DEBUG = ROOT / "train/configs/debug.yaml"
 def _cfg(tmp_path, *overrides):
     return load_config(DEBUG, [f"trainer.default_root_dir={tmp_path / 'runs'}",
                                f"data.cache_dir={tmp_path.parent / 'data_cache'}", *overrides])
+
+
+class _StopAt(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
 
 
 def _scalars(log_dir: str, tag: str) -> dict[int, float]:
@@ -56,8 +66,9 @@ def test_fit_writes_scalars_checkpoints_and_export(debug_run):
 def test_resume_continues_exactly(tmp_path, debug_run):
     cfg, result = debug_run
     straight = _scalars(result.log_dir, "train/loss")
-    # Stop after 3 steps (checkpoint_every_n_steps=3 in debug.yaml), then resume to 6.
-    first = fit(_cfg(tmp_path, "trainer.max_steps=3"))
+    # Interrupt a 6-step run after 3 steps (checkpoint_every_n_steps=3 in debug.yaml; the
+    # schedule still spans 6 steps, as in a real interruption), then resume it.
+    first = fit(_cfg(tmp_path, "trainer.max_steps=6"), extra_callbacks=[_StopAt(3)])
     ckpt = Path(first.checkpoint).parent / "step000003.ckpt"
     assert ckpt.is_file(), sorted(p.name for p in ckpt.parent.iterdir())
     resumed = fit(_cfg(tmp_path, "trainer.max_steps=6", f"ckpt_path={ckpt}"))
@@ -69,17 +80,15 @@ def test_resume_continues_exactly(tmp_path, debug_run):
 
 def test_ddp_two_processes_on_cpu(tmp_path, debug_run):
     cfg, result = debug_run
-    code = (
-        "import sys, torch; from procpaint.config import load_config; from procpaint.training.run import fit;"
-        f"cfg = load_config({str(DEBUG)!r}, sys.argv[1:]); r = fit(cfg);"
-        "print('RESULT', r.log_dir)"
-    )
     args = [f"trainer.default_root_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path.parent / 'ddp_cache'}",
             "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=3"]
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=900,
+    # Lightning's DDP launcher re-runs the script for rank 1, so this must be a real script.
+    proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG), *args],
+                          capture_output=True, text=True, timeout=900,
                           cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    log_dir = next(line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    log_dir = next(line.split(":", 1)[1].split()[0] for line in proc.stdout.splitlines()
+                   if line.startswith("TensorBoard logs"))
     ddp = _scalars(log_dir, "train/loss")
     single = _scalars(result.log_dir, "train/loss")
     assert sorted(ddp) == [0, 1, 2]
