@@ -9,13 +9,15 @@ A packed sequence of length L is cut into *splits* (each with an attention mode)
 
 Public functions (sequences of ints or 1-D int tensors; modes as strings or MODES codes)::
 
-    attention_mask(split_lens, attn_modes, sample_lens, *, device=None)          -> (L, L) bool
-    attention_bias(split_lens, attn_modes, sample_lens, *, dtype, device=None)   -> (L, L) 0 / -inf
+    attention_mask(split_lens, attn_modes, sample_lens, *, device=None, out=None)        -> (L, L) bool
+    attention_bias(split_lens, attn_modes, sample_lens, *, dtype, device=None, out=None) -> (L, L) 0/-inf
     block_mask(split_lens, attn_modes, sample_lens, *, block_size=128, device=None) -> BlockMask
     mask_mod(split_lens, attn_modes, sample_lens, device=None)  -> FlexAttention mask_mod (the rule)
 
 Each routes to ``torch.ops.procpaint.*`` (csrc/packing/, CPU + CUDA) when the extension has a
-kernel for the device, else to the pure-PyTorch ``*_ref`` beside it. ``block_mask`` never evaluates
+kernel for the device, else to the pure-PyTorch references (``attention_mask_ref``,
+``block_mask_ref``; op-level ones in ``_packing_ref``). Validation (:func:`validate`) runs on
+the host and raises ``ValueError`` naming the problem. ``block_mask`` never evaluates
 the rule on L*L pairs: blocks are classified from split boundaries (see packing_rule.h) and its
 tensors equal ``create_block_mask(mask_mod(...), None, None, L, L, BLOCK_SIZE=block_size)``'s.
 """
