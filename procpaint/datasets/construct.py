@@ -28,6 +28,7 @@ from ..world.scene import COLORS, INVERSE, SHAPES, SIZES, Obj, Placed, State, re
 from .config import DataConfig
 
 ERROR_KINDS = ("color", "shape", "size", "missing", "extra", "count", "relation")
+ALL_OBJECTS = tuple(Obj(s, c, z) for s in SHAPES for c in COLORS for z in SIZES)
 
 
 class Reject(Exception):
@@ -93,8 +94,7 @@ def corrupt(state: State, kind: str, rng: random.Random) -> State | None:
             new = Placed(src.shape, src.color, src.size, *rng.choice(free), uid=uid)
         else:
             kinds = {p.obj for p in objs}
-            cands = [Obj(s, c, z) for s in SHAPES for c in COLORS for z in SIZES
-                     if Obj(s, c, z) not in kinds]
+            cands = [o for o in ALL_OBJECTS if o not in kinds]
             o = rng.choice(cands)
             new = Placed(o.shape, o.color, o.size, *rng.choice(free), uid=uid)
         objs.append(new)
@@ -132,7 +132,9 @@ def trajectory(cfg: DataConfig, rng: np.random.Generator, prng: random.Random,
                refine: bool = True) -> Trajectory:
     tags = [t for t in TAGS if cfg.tag_weights.get(t, 0) > 0]
     w = np.array([cfg.tag_weights[t] for t in tags], float)
-    tag = tags[rng.choice(len(tags), p=w / w.sum())]
+    # What ``rng.choice(len(tags), p=w / w.sum())`` does, without its argument checks (~30 us).
+    cdf = np.cumsum(w / w.sum())
+    tag = tags[int(np.searchsorted(cdf / cdf[-1], rng.random(), side="right"))]
     spec = sample_split_prompt(rng, tag, cfg.heldout_fraction, heldout=False)
     final = realize(spec, rng)
     objs, n, budget = list(final.objects), len(final.objects), cfg.max_images

@@ -15,10 +15,11 @@ adds speckles (dropped by a minimum area), so errors grow gradually rather than 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
-from .render import coverage, unit_stats
+from .render import MASK_RES, unit_mask, unit_stats
 from .scene import GRID, PALETTE, SHAPES, SIZE_FRACTION, Placed, State
 
 _PAL = np.array(list(PALETTE.values()), np.float32)            # (10, 3)
@@ -39,21 +40,64 @@ class Detection:
     area: float                  # summed coverage in pixels
 
 
+_NEIGHBOURS = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
+
+
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components by max-label propagation (small images; no scipy needed)."""
+    """8-connected components (small images; no scipy needed) -> (labels 1..n, n).
+
+    Every pixel starts with its own index + 1; each sweep takes the neighbourhood maximum and then
+    jumps pointers (a label names a pixel of the same component, whose label is at least as large),
+    so a component converges to its largest pixel index in O(log diameter) sweeps rather than one
+    sweep per pixel of diameter. Components are numbered by that index, as before.
+    """
     h, w = mask.shape
     lab = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
+    p = np.zeros((h + 2, w + 2), lab.dtype)
     while True:
-        p = np.pad(lab, 1)
-        nb = np.maximum.reduce([p[dy: dy + h, dx: dx + w] for dy in range(3) for dx in range(3)])
-        new = np.where(mask, nb, 0)
-        if np.array_equal(new, lab):
+        p[1:-1, 1:-1] = lab
+        nb = lab.copy()
+        for dy, dx in _NEIGHBOURS:
+            np.maximum(nb, p[dy: dy + h, dx: dx + w], out=nb)
+        nb *= mask
+        flat = nb.ravel()
+        nb = np.where(mask, flat[np.maximum(flat - 1, 0)].reshape(h, w), 0)   # pointer jump
+        if np.array_equal(nb, lab):
             break
-        lab = new
+        lab = nb
     ids = np.unique(lab[lab > 0])
     remap = np.zeros(h * w + 1, np.int64)
     remap[ids] = np.arange(1, len(ids) + 1)
     return remap[lab], len(ids)
+
+
+@cache
+def _templates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every shape's unit mask stacked (S, R+1, R+1) and its unit stats (area (S,), centroid (S, 2))."""
+    masks = np.stack([unit_mask(s) for s in SHAPES])
+    stats = np.array([unit_stats(s) for s in SHAPES])
+    return masks, stats[:, 0], stats[:, 1:]
+
+
+def fit_shapes(cov: np.ndarray, area: float, mx: float, my: float, y0: int, x0: int, ss: int):
+    """Template mismatch of every shape at the scale and centre the coverage implies.
+
+    cov (h, w) coverage window at (y0, x0); one gather for all shapes. -> (scores (S,), r (S,))
+    """
+    masks, ua, uc = _templates()
+    h, w = cov.shape
+    r = np.sqrt(area / ua)                                                   # (S,)
+    cx, cy = mx - r * uc[:, 0], my - r * uc[:, 1]                            # (S,)
+    off = (np.arange(ss) + 0.5) / ss
+    xs = ((x0 + np.arange(w))[:, None] + off[None, :]).reshape(-1)          # (w*ss,)
+    ys = ((y0 + np.arange(h))[:, None] + off[None, :]).reshape(-1)          # (h*ss,)
+    ix = np.floor(((xs[None] - cx[:, None]) / r[:, None] + 1) * (MASK_RES / 2)).astype(np.int64)
+    iy = np.floor(((ys[None] - cy[:, None]) / r[:, None] + 1) * (MASK_RES / 2)).astype(np.int64)
+    ix[(ix < 0) | (ix >= MASK_RES)] = MASK_RES                               # the false border
+    iy[(iy < 0) | (iy >= MASK_RES)] = MASK_RES
+    m = masks[np.arange(len(ua))[:, None, None], iy[:, :, None], ix[:, None, :]]   # (S, h*ss, w*ss)
+    t = m.reshape(len(ua), h, ss, w, ss).sum(axis=(2, 4), dtype=np.float32) / (ss * ss)
+    return np.abs(t - cov).sum(axis=(1, 2)) / area, r
 
 
 class Detector:
@@ -72,20 +116,21 @@ class Detector:
         labels, n = label_components(dist > self.threshold)
         cell_y, cell_x = h / GRID, w / GRID
         out = []
+        ref = _PAL - bg                                                      # (10, 3)
+        ref_sq = (ref * ref).sum(1)
         for k in range(1, n + 1):
             ys, xs = np.nonzero(labels == k)
             y0, y1 = max(ys.min() - 1, 0), min(ys.max() + 2, h)
             x0, x1 = max(xs.min() - 1, 0), min(xs.max() + 2, w)
             win = img[y0:y1, x0:x1] - bg                                     # (h', w', 3)
-            own = np.zeros(labels.shape, bool)
-            own[ys, xs] = True
-            own = np.pad(own, 1)                                             # grow by one pixel:
-            grown = np.logical_or.reduce([own[dy: dy + h, dx: dx + w]       # faint AA edges
-                                          for dy in range(3) for dx in range(3)])[y0:y1, x0:x1]
-            grown &= (labels[y0:y1, x0:x1] == 0) | (labels[y0:y1, x0:x1] == k)
+            lw = labels[y0:y1, x0:x1]
+            wh, ww = lw.shape
+            own = np.pad(lw == k, 1)                                         # grow by one pixel:
+            grown = np.logical_or.reduce([own[dy: dy + wh, dx: dx + ww]     # faint AA edges (the
+                                          for dy in range(3) for dx in range(3)])   # window has room)
+            grown &= (lw == 0) | (lw == k)
             d = win[grown]                                                   # (n, 3)
-            ref = _PAL - bg                                                  # (10, 3)
-            a = np.clip(d @ ref.T / (ref * ref).sum(1), 0, 1)                # (n, 10) mixing weights
+            a = np.clip(d @ ref.T / ref_sq, 0, 1)                            # (n, 10) mixing weights
             resid = np.linalg.norm(d[:, None, :] - a[:, :, None] * ref[None], axis=2).sum(0)
             c = int(np.argmin(resid))
             cov = np.zeros(grown.shape, np.float32)
@@ -96,15 +141,9 @@ class Detector:
             gy, gx = np.mgrid[y0:y1, x0:x1]
             my = float((cov * (gy + 0.5)).sum() / area)
             mx = float((cov * (gx + 0.5)).sum() / area)
-            best = None
-            for s in SHAPES:
-                ua, ux, uy = unit_stats(s)
-                r = (area / ua) ** 0.5
-                t = coverage(s, mx - r * ux, my - r * uy, r, y0, x0, y1 - y0, x1 - x0, self.ss)
-                score = float(np.abs(t - cov).sum() / area)
-                if best is None or score < best[0]:
-                    best = (score, s, r)
-            score, shape, r = best
+            scores, radii = fit_shapes(cov, area, mx, my, y0, x0, self.ss)
+            best = int(np.argmin(scores))                                    # first on ties, as before
+            score, shape, r = float(scores[best]), SHAPES[best], float(radii[best])
             cell = (cell_x + cell_y) / 2
             cut = (SIZE_FRACTION["small"] * SIZE_FRACTION["large"]) ** 0.5 * cell
             row = min(max(int(my // cell_y), 0), GRID - 1)

@@ -74,19 +74,35 @@ def unit_stats(shape: str, n: int = 400) -> tuple[float, float, float]:
     return float(m.mean() * 4.0), float(x[m].mean()), float(y[m].mean())
 
 
+@cache
+def _offsets(ss: int) -> np.ndarray:
+    return (np.arange(ss) + 0.5) / ss                                       # (ss,) sample offsets
+
+
+@cache
+def _pool(n: int, ss: int) -> np.ndarray:
+    """(n, n*ss) 0/1 matrix summing each run of ``ss`` samples: box-filtering as two tiny matmuls
+    (sums of <= ss*ss ones are exact in float32, so this equals a reshape-mean bit for bit)."""
+    return np.kron(np.eye(n, dtype=np.float32), np.ones((1, ss), np.float32))
+
+
+def mask_index(t: np.ndarray, c: float, r: float) -> np.ndarray:
+    """Sample coordinates ``t`` (pixels) -> unit-mask indices for centre ``c``, half-extent ``r``;
+    out-of-frame samples point at the mask's false border."""
+    i = np.floor(((t - c) / r + 1) * (MASK_RES / 2)).astype(np.int64)
+    i[(i < 0) | (i >= MASK_RES)] = MASK_RES
+    return i
+
+
 def coverage(shape: str, cx: float, cy: float, r: float, y0: int, x0: int, h: int, w: int,
              ss: int = 4) -> np.ndarray:
     """(h, w) fraction of each pixel of the window at (y0, x0) covered by the shape."""
-    off = (np.arange(ss) + 0.5) / ss
+    off = _offsets(ss)
     xs = ((x0 + np.arange(w))[:, None] + off[None, :]).reshape(-1)          # (w*ss,)
     ys = ((y0 + np.arange(h))[:, None] + off[None, :]).reshape(-1)          # (h*ss,)
-    # Lookup in a fine unit mask instead of evaluating the geometry: one gather for any shape.
-    ix = np.floor(((xs - cx) / r + 1) * (MASK_RES / 2)).astype(np.int64)
-    iy = np.floor(((ys - cy) / r + 1) * (MASK_RES / 2)).astype(np.int64)
-    ix = np.where((ix < 0) | (ix >= MASK_RES), MASK_RES, ix)
-    iy = np.where((iy < 0) | (iy >= MASK_RES), MASK_RES, iy)
-    m = unit_mask(shape)[iy[:, None], ix[None, :]].astype(np.float32)     # (h*ss, w*ss)
-    return m.reshape(h, ss, w, ss).mean(axis=(1, 3))
+    # Lookup in a fine unit mask instead of evaluating the geometry: two 1-D takes for any shape.
+    m = unit_mask(shape).take(mask_index(ys, cy, r), 0).take(mask_index(xs, cx, r), 1)   # (h*ss, w*ss)
+    return (_pool(h, ss) @ m.astype(np.float32) @ _pool(w, ss).T) * np.float32(1.0 / (ss * ss))
 
 
 class Renderer:
@@ -108,8 +124,8 @@ class Renderer:
         cx = (p.col + 0.5 + g.uniform(-self.pj, self.pj)) * self.cell
         cy = (p.row + 0.5 + g.uniform(-self.pj, self.pj)) * self.cell
         r = SIZE_FRACTION[p.size] * self.cell * (1 + g.uniform(-self.sj, self.sj))
-        rgb = np.clip(np.array(PALETTE[p.color], np.float32)
-                      + [g.randint(-self.cj, self.cj) for _ in range(3)], 0, 255)
+        rgb = np.array([min(max(c + g.randint(-self.cj, self.cj), 0), 255) for c in PALETTE[p.color]],
+                       np.float32)
         return cx, cy, r, rgb
 
     def _object(self, p: Placed, seed: int):
@@ -133,7 +149,7 @@ class Renderer:
             win = img[y0: y0 + a.shape[0], x0: x0 + a.shape[1]]
             win *= 1 - a
             win += a * rgb
-        return np.round(img).astype(np.uint8)
+        return np.rint(img, out=img).astype(np.uint8)
 
 
 def to_tensor_range(img: np.ndarray) -> np.ndarray:
