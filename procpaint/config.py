@@ -147,9 +147,17 @@ class TrainerConfig:
 @dataclass
 class LoggingConfig:
     name: str = "procpaint"                         # TensorBoard experiment name under default_root_dir
-    trajectory_every_n_steps: int = 0               # log a sampled trajectory strip (0: off)
-    val_prompt: str = "a photo of a red circle"
     checkpoint_every_n_steps: int = 500
+    trajectory_every_n_steps: int = 0               # log sampled trajectory strips (0: off)
+    val_prompts: list[str] = field(default_factory=lambda: ["a photo of a red circle",
+                                                            "a photo of a blue square left of a green star"])
+    sample_steps: int = 20                          # flow steps when sampling during/after training
+    final_eval_prompts: int = 24                    # held-out prompts judged at the end (0: off)
+
+    def __post_init__(self):
+        if self.trajectory_every_n_steps < 0 or self.final_eval_prompts < 0 or self.sample_steps < 2:
+            raise ConfigError("logging.trajectory_every_n_steps and logging.final_eval_prompts must be "
+                              ">= 0 and logging.sample_steps >= 2")
 
 
 @dataclass

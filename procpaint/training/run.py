@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from procpaint.config import Config, to_yaml
+from procpaint.training.callbacks import TrajectoryLogger, quick_eval
 from procpaint.training.datamodule import ProcPaintDataModule
 from procpaint.training.module import ProcPaintModule
 
@@ -27,6 +28,7 @@ class FitResult:
     checkpoint: str | None       # last Lightning checkpoint
     weights: str | None          # exported safetensors (EMA weights when EMA is on)
     val_loss: float | None
+    evaluation: dict | None = None  # quick_eval: detector-judged accuracy on held-out prompts
 
 
 # EMAWeightAveraging warns whenever configure_model is overridden; ours is idempotent and EMA is
@@ -86,7 +88,12 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     tokenizer = datamodule.load_tokenizer()
     module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size)
     module.tokenizer_json = tokenizer.tok.to_str()
-    trainer = build_trainer(cfg, extra_callbacks=extra_callbacks)
+    callbacks = list(extra_callbacks)
+    if cfg.logging.trajectory_every_n_steps > 0:
+        callbacks.append(TrajectoryLogger(cfg.logging.val_prompts, tokenizer, image_size=cfg.data.image_size,
+                                          every_n_steps=cfg.logging.trajectory_every_n_steps,
+                                          num_steps=cfg.logging.sample_steps))
+    trainer = build_trainer(cfg, extra_callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     log_dir = trainer.logger.log_dir
@@ -99,12 +106,22 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
             last = str(Path(ckpt_cb.dirpath) / "last.ckpt")
         weights = str(export_weights(module, Path(log_dir) / "export"))
     val = trainer.callback_metrics.get("val/loss")
+    evaluation = None
+    if trainer.is_global_zero and cfg.logging.final_eval_prompts > 0:
+        # The module holds the EMA weights now (EMAWeightAveraging copies them in at the end).
+        evaluation = quick_eval(module, tokenizer, image_size=cfg.data.image_size,
+                                n=cfg.logging.final_eval_prompts, num_steps=cfg.logging.sample_steps,
+                                seed=cfg.seed)
+        (Path(log_dir) / "quick_eval.json").write_text(json.dumps(evaluation, indent=2))
     result = FitResult(log_dir=log_dir, checkpoint=last or None, weights=weights,
-                       val_loss=float(val) if val is not None else None)
+                       val_loss=float(val) if val is not None else None, evaluation=evaluation)
     if trainer.is_global_zero:
         print(f"\nTensorBoard logs : {log_dir}   (tensorboard --logdir {cfg.trainer.default_root_dir})")
         print(f"Checkpoint       : {result.checkpoint}")
         print(f"Exported weights : {result.weights}")
         if result.val_loss is not None:
             print(f"Held-out val loss: {result.val_loss:.4f}")
+        for tag, e in (evaluation or {}).items():
+            print(f"Held-out {tag}: detector-judged accuracy {e['accuracy']:.3f} on {e['prompts']} prompts "
+                  f"(drew an image: {e['drew_image']:.2f}, {e['forward_passes']:.0f} forward passes/prompt)")
     return result

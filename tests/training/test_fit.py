@@ -57,6 +57,9 @@ def test_fit_writes_scalars_checkpoints_and_export(debug_run):
                 "train/skipped_samples", "val/loss"):
         assert tag in tags, f"{tag} missing from TensorBoard scalars {sorted(tags)}"
     assert any(t.startswith("lr-AdamW") for t in tags), sorted(tags)
+    assert "trajectory/detector_accuracy" in tags
+    assert any(t.startswith("trajectory/") for t in acc.Tags()["images"]), acc.Tags()["images"]
+    assert result.evaluation is not None and 0.0 <= result.evaluation["single_object"]["accuracy"] <= 1.0
     losses = _scalars(result.log_dir, "train/loss")
     assert len(losses) == cfg.trainer.max_steps and all(map(torch.isfinite, map(torch.tensor, losses.values())))
     assert Path(result.checkpoint).is_file()

@@ -1,0 +1,94 @@
+"""Training callbacks: sampled trajectories in TensorBoard, and the detector-judged quick evaluation
+that ``train/fit.py`` prints at the end.
+
+Both run the real Plan -> Sketch -> Inspect -> Refine loop (procpaint.inference) on the module's
+current weights and judge the final image with the world's weight-free detector: a prompt counts as
+right when the detected scene satisfies the prompt's scene graph exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+
+from procpaint.inference import GenerationConfig, Generator, TrajectoryResult, render_strip
+from procpaint.sequence.tokenizer import TextTokenizer
+from procpaint.world import Detector, parse_prompt, prompt_text, satisfies
+from procpaint.world.prompts import heldout_prompts
+
+log = logging.getLogger(__name__)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [-1, 1] -> (H, W, 3) uint8."""
+    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def judge(result: TrajectoryResult, detector: Detector | None = None) -> bool:
+    """Whether the trajectory's final image shows exactly the prompt's scene (False if no image)."""
+    image = result.final_image
+    if image is None:
+        return False
+    detector = detector or Detector()
+    return satisfies(detector.state(to_uint8(image)), parse_prompt(result.prompt))
+
+
+@torch.no_grad()
+def generate_with(module: L.LightningModule, tokenizer: TextTokenizer, prompts: list[str],
+                  config: GenerationConfig, image_size: int) -> list[TrajectoryResult]:
+    """Run generation on the module's model and give it back in the mode it was in."""
+    was_training = module.model.training
+    try:
+        return Generator(module.model, tokenizer, image_size=image_size).generate(prompts, config)
+    finally:
+        module.model.train(was_training)
+
+
+def quick_eval(module: L.LightningModule, tokenizer: TextTokenizer, *, image_size: int, n: int = 24,
+               tags: tuple[str, ...] = ("single_object",), num_steps: int = 20, seed: int = 0) -> dict:
+    """Detector-judged accuracy on ``n`` held-out prompts (disjoint from training) per tag."""
+    detector, out = Detector(), {}
+    config = GenerationConfig(mode="process", num_steps=num_steps, seed=seed)
+    for tag in tags:
+        prompts = [prompt_text(spec) for _, spec in heldout_prompts(n, seed=seed, tags=(tag,))]
+        results = generate_with(module, tokenizer, prompts, config, image_size)
+        out[tag] = {"accuracy": float(np.mean([judge(r, detector) for r in results])), "prompts": len(prompts),
+                    "drew_image": float(np.mean([r.final_image is not None for r in results])),
+                    "forward_passes": float(np.mean([r.forward_passes for r in results]))}
+    return out
+
+
+class TrajectoryLogger(L.Callback):
+    """Every ``every_n_steps``: generate the validation prompts' trajectories and log each as an image
+    strip (plan text under each draft/refined image), its full text, and the detector's verdict."""
+
+    def __init__(self, prompts: list[str], tokenizer: TextTokenizer, *, image_size: int, every_n_steps: int,
+                 num_steps: int = 20):
+        self.prompts, self.tokenizer, self.image_size = list(prompts), tokenizer, image_size
+        self.every, self.config = every_n_steps, GenerationConfig(mode="process", num_steps=num_steps)
+        self.detector = Detector()
+        self._last = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        step = trainer.global_step
+        if self.every <= 0 or step % self.every or step == self._last or not trainer.is_global_zero:
+            return
+        self._last = step
+        writer = getattr(trainer.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_image"):
+            return
+        results = generate_with(module, self.tokenizer, self.prompts, self.config, self.image_size)
+        right = []
+        for i, r in enumerate(results):
+            strip = np.asarray(render_strip(r))
+            writer.add_image(f"trajectory/{i}", strip, step, dataformats="HWC")
+            ok = judge(r, self.detector)
+            right.append(ok)
+            lines = [f"**prompt**: {r.prompt}", f"**end**: {r.end_reason}, **detector**: "
+                     f"{'right' if ok else 'wrong'}"]
+            lines += [f"- {s.kind}: {s.text}" for s in r.stages if s.text is not None]
+            writer.add_text(f"trajectory/{i}", "  \n".join(lines), step)
+        writer.add_scalar("trajectory/detector_accuracy", float(np.mean(right)), step)
