@@ -19,7 +19,8 @@ DEFAULT_CONFIG = ROOT / "train" / "configs" / "default.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dot-list)")

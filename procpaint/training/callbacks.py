@@ -55,7 +55,8 @@ def quick_eval(module: L.LightningModule, tokenizer: TextTokenizer, *, image_siz
     for tag in tags:
         prompts = [prompt_text(spec) for _, spec in heldout_prompts(n, seed=seed, tags=(tag,))]
         results = generate_with(module, tokenizer, prompts, config, image_size)
-        out[tag] = {"accuracy": float(np.mean([judge(r, detector) for r in results])), "prompts": len(prompts),
+        out[tag] = {"accuracy": float(np.mean([judge(r, detector) for r in results])),
+                    "prompts": len(prompts),
                     "drew_image": float(np.mean([r.final_image is not None for r in results])),
                     "forward_passes": float(np.mean([r.forward_passes for r in results]))}
     return out

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from procpaint.config import Config
@@ -46,7 +45,8 @@ class PackStream(IterableDataset):
         from procpaint.datasets import TrajectoryDataset
 
         ds = TrajectoryDataset(self.root, subsets=self.cfg.data.subsets, image_size=self.cfg.data.image_size,
-                               rank=self.rank * num_workers + worker, world_size=self.world_size * num_workers,
+                               rank=self.rank * num_workers + worker,
+                               world_size=self.world_size * num_workers,
                                shuffle=self.split == "train", seed=self.cfg.seed)
         ds.set_epoch(epoch)
         d = self.cfg.data

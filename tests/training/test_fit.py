@@ -61,7 +61,8 @@ def test_fit_writes_scalars_checkpoints_and_export(debug_run):
     assert any(t.startswith("trajectory/") for t in acc.Tags()["images"]), acc.Tags()["images"]
     assert result.evaluation is not None and 0.0 <= result.evaluation["single_object"]["accuracy"] <= 1.0
     losses = _scalars(result.log_dir, "train/loss")
-    assert len(losses) == cfg.trainer.max_steps and all(map(torch.isfinite, map(torch.tensor, losses.values())))
+    assert len(losses) == cfg.trainer.max_steps
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert Path(result.checkpoint).is_file()
     assert Path(result.weights).is_file() and (Path(result.weights).parent / "config.yaml").is_file()
 
@@ -83,7 +84,8 @@ def test_resume_continues_exactly(tmp_path, debug_run):
 
 def test_ddp_two_processes_on_cpu(tmp_path, debug_run):
     cfg, result = debug_run
-    args = [f"trainer.default_root_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path.parent / 'ddp_cache'}",
+    args = [f"trainer.default_root_dir={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path.parent / 'ddp_cache'}",
             "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=3"]
     # Lightning's DDP launcher re-runs the script for rank 1, so this must be a real script.
     proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG), *args],
