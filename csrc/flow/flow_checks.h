@@ -2,8 +2,10 @@
 // flow_cuda.cpp, and the Meta impls). Every message names the op and the argument.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <string>
 #include <string_view>
 
 namespace procpaint::flow {
@@ -74,6 +76,42 @@ inline int64_t row_stride(const at::Tensor& x) {
 
 inline bool has_index(const c10::optional<at::Tensor>& index) {
   return index.has_value() && index->defined();
+}
+
+// A masked-off output: an empty (0,) tensor (a custom-op schema cannot return None).
+inline at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+// grad of rf_mse: float32 on pred's device, (N,) for "none", () for "mean" / "sum".
+inline void check_mse_grad(const char* op, const at::Tensor& grad, const at::Tensor& pred,
+                           Reduction red, std::string_view reduction) {
+  const int64_t n = pred.size(0);
+  TORCH_CHECK(grad.scalar_type() == at::kFloat, op, ": grad must be float32, got ", grad.scalar_type());
+  TORCH_CHECK(grad.device() == pred.device(), op, ": grad must be on ", pred.device());
+  if (red == kNone) {
+    TORCH_CHECK(grad.dim() == 1 && grad.size(0) == n, op, ": grad must have shape (", n,
+                ",) for reduction='none', got ", grad.sizes());
+  } else {
+    TORCH_CHECK(grad.dim() == 0, op, ": grad must be 0-d for reduction='", std::string(reduction),
+                "', got ", grad.sizes());
+  }
+}
+
+// euler_step: x (N, ...) float32/bfloat16/float16, v like x; dt (if a tensor) float32 () or (N,).
+inline void check_euler(const char* op, const at::Tensor& x, const at::Tensor& v,
+                        const at::Tensor* dt) {
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dim, got a 0-d tensor");
+  TORCH_CHECK(is_kernel_dtype(x.scalar_type()), op,
+              ": x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(v.sizes() == x.sizes(), op, ": v must have the shape of x ", x.sizes(), ", got ",
+              v.sizes());
+  TORCH_CHECK(v.scalar_type() == x.scalar_type(), op, ": v must have the dtype of x (",
+              x.scalar_type(), "), got ", v.scalar_type());
+  TORCH_CHECK(v.device() == x.device(), op, ": v must be on x's device ", x.device());
+  if (dt == nullptr) return;
+  TORCH_CHECK(dt->scalar_type() == at::kFloat, op, ": dt must be float32, got ", dt->scalar_type());
+  TORCH_CHECK(dt->device() == x.device(), op, ": dt must be on x's device ", x.device());
+  TORCH_CHECK(dt->dim() == 0 || (dt->dim() == 1 && dt->size(0) == x.size(0)), op,
+              ": dt must be 0-d or have shape (", x.size(0), ",), got ", dt->sizes());
 }
 
 }  // namespace procpaint::flow

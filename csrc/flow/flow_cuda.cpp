@@ -42,8 +42,6 @@ k::TimeArg time_arg(const at::Tensor& t, const c10::optional<at::Tensor>& index,
   return ta;
 }
 
-at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
-
 at::Tensor rf_interpolate_cuda(const at::Tensor& clean_in, const at::Tensor& noise_in,
                                const at::Tensor& t, const c10::optional<at::Tensor>& index) {
   constexpr const char* op = "rf_interpolate";
@@ -125,16 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_cuda(
   check_like(op, "pred", pred_in, "clean", clean_in);
   check_like(op, "pred", pred_in, "noise", noise_in);
   const int64_t n = pred_in.size(0), d = pred_in.size(1);
-  TORCH_CHECK(grad_in.scalar_type() == at::kFloat, op, ": grad must be float32, got ",
-              grad_in.scalar_type());
-  TORCH_CHECK(grad_in.device() == pred_in.device(), op, ": grad must be on ", pred_in.device());
-  if (red == kNone) {
-    TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == n, op, ": grad must have shape (", n,
-                ",) for reduction='none', got ", grad_in.sizes());
-  } else {
-    TORCH_CHECK(grad_in.dim() == 0, op, ": grad must be 0-d for reduction='",
-                std::string(reduction), "', got ", grad_in.sizes());
-  }
+  check_mse_grad(op, grad_in, pred_in, red, reduction);
   const c10::cuda::CUDAGuard guard(pred_in.device());
   at::Tensor pred = as_rows(pred_in), clean = as_rows(clean_in), noise = as_rows(noise_in);
   auto mk = [&](bool on) { return on ? at::empty({n, d}, pred.options()) : empty0(pred); };
@@ -154,24 +143,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_cuda(
 at::Tensor euler_impl_cuda(const at::Tensor& x_in, const at::Tensor& v_in, double dt,
                            const at::Tensor* dt_t) {
   constexpr const char* op = "euler_step";
-  TORCH_CHECK(x_in.dim() >= 1, op, ": x must have at least 1 dim, got a 0-d tensor");
-  TORCH_CHECK(is_kernel_dtype(x_in.scalar_type()), op,
-              ": x must be float32, bfloat16 or float16, got ", x_in.scalar_type());
-  TORCH_CHECK(v_in.sizes() == x_in.sizes(), op, ": v must have the shape of x ", x_in.sizes(),
-              ", got ", v_in.sizes());
-  TORCH_CHECK(v_in.scalar_type() == x_in.scalar_type(), op, ": v must have the dtype of x (",
-              x_in.scalar_type(), "), got ", v_in.scalar_type());
-  TORCH_CHECK(v_in.device() == x_in.device(), op, ": v must be on x's device ", x_in.device());
+  check_euler(op, x_in, v_in, dt_t);
   const int64_t n = x_in.size(0);
-  at::Tensor dtc;
-  if (dt_t != nullptr) {
-    TORCH_CHECK(dt_t->scalar_type() == at::kFloat, op, ": dt must be float32, got ",
-                dt_t->scalar_type());
-    TORCH_CHECK(dt_t->device() == x_in.device(), op, ": dt must be on x's device ", x_in.device());
-    TORCH_CHECK(dt_t->dim() == 0 || (dt_t->dim() == 1 && dt_t->size(0) == n), op,
-                ": dt must be 0-d or have shape (", n, ",), got ", dt_t->sizes());
-    dtc = dt_t->contiguous();
-  }
+  at::Tensor dtc = dt_t != nullptr ? dt_t->contiguous() : at::Tensor();
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor out = at::empty_like(x_in, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;

@@ -1,6 +1,7 @@
 // Schemas of the rectified-flow ops (torch.ops.procpaint.*). Declared here once, included by
 // csrc/ops.cpp inside the single TORCH_LIBRARY(procpaint, m) block; kernels register with
-// TORCH_LIBRARY_IMPL beside their code (flow_cpu.cpp: CPU + Meta, flow_cuda.cpp: CUDA).
+// TORCH_LIBRARY_IMPL beside their code (flow_cpu.cpp: CPU, flow_meta.cpp: Meta, flow_cuda.cpp:
+// CUDA).
 // Autograd is registered from Python (procpaint/kernels/flow.py, torch.library.register_autograd).
 //
 // Conventions (docs/DESIGN.md, "Rectified flow"): t = 1 is pure noise.
@@ -33,6 +34,9 @@ inline void define_flow_ops(torch::Library& m) {
   // Euler step of the sampler: x - v * dt, dt a Python float or a float32 () / (N,) tensor.
   m.def("euler_step(Tensor x, Tensor v, float dt) -> Tensor");
   m.def("euler_step.dt_tensor(Tensor x, Tensor v, Tensor dt) -> Tensor");
+  // Which build of the CPU row kernels this process runs: "avx2" or "baseline" (picked once
+  // from the CPU's features; PROCPAINT_FLOW_ISA=baseline forces the baseline). For benchmarks.
+  m.def("flow_cpu_isa() -> str");
 }
 
 }  // namespace procpaint

@@ -1,0 +1,157 @@
+// Row kernels of the CPU flow ops, the part that runs per element. NO include guard on purpose:
+// flow_cpu.cpp includes this body twice, once per instruction set, each time inside its own
+// namespace and with FLOW_TARGET set (empty for the baseline build, an AVX2 target attribute
+// for the other), so the same source is compiled twice and the kernels pick one
+// `RowKernels<T>` table at run time (flow_cpu.cpp, cpu_isa()). Prerequisites (declared before
+// the include): In<T>, TimeView, RowKernels<T>, kCol, kLanes, and <cstring>/<ATen/ATen.h>.
+//
+// Every function handles the rows [b, e) of one parallel task. Arithmetic is float32 (half
+// types widened on load, rounded once on store) and the same on both builds: no FMA (the
+// kernels are memory bound, and a contracted a*b+c would break bit-equality with eager torch),
+// and row sums keep kLanes fixed partial sums combined in a fixed order, so the loss does not
+// depend on the vector width any more than on the thread count.
+#ifndef FLOW_TARGET
+#error "define FLOW_TARGET before including flow/flow_rows.h"
+#endif
+
+// --- float32 <-> storage type. bf16 rounding is written branch-light so loops vectorize. No
+// FLOW_TARGET here: plain inline functions inline into both builds (and into the lambdas).
+inline float to_f(float x) { return x; }
+inline float to_f(c10::Half x) { return static_cast<float>(x); }
+inline float to_f(c10::BFloat16 x) {
+  uint32_t u = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+template <typename T> inline T from_f(float x);
+template <> inline float from_f<float>(float x) { return x; }
+template <> inline c10::Half from_f<c10::Half>(float x) { return c10::Half(x); }
+template <> inline c10::BFloat16 from_f<c10::BFloat16>(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
+  c10::BFloat16 r;
+  r.x = static_cast<uint16_t>(x != x ? 0x7fc0u : rounded);          // keep NaN a NaN
+  return r;
+}
+
+// sum_j f(j) for j < d, as kLanes interleaved float32 partial sums (a 256-bit register on the
+// AVX2 build, two 128-bit ones on the baseline) added in a fixed tree: same bits on both.
+template <typename F>
+FLOW_TARGET inline float lane_sum(int64_t d, F f) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += f(j + l);
+  for (int l = 0; j + l < d; ++l) acc[l] += f(j + l);
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+// z = t * noise + (1 - t) * clean; z contiguous (N, D).
+template <typename T>
+FLOW_TARGET void interp_rows(In<T> c, In<T> nz, TimeView tv, T* z, int64_t d, int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; ++i) {
+    const float ti = tv(i), si = 1.0f - ti;  // (1 - t) * clean keeps t = 0 / t = 1 exact
+    const T* ci = c.row(i);
+    const T* ni = nz.row(i);
+    T* zi = z + i * d;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) zi[j] = from_f<T>(ti * to_f(ni[j]) + si * to_f(ci[j]));
+  }
+}
+
+// grad_clean = g (1 - t), grad_noise = g t, grad_t[i] = sum_j (noise - clean) g; null = skip.
+template <typename T>
+FLOW_TARGET void interp_bwd_rows(In<T> g, In<T> c, In<T> nz, TimeView tv, T* pc, T* pn, float* pt,
+                                 int64_t d, int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; ++i) {
+    const float ti = tv(i), si = 1.0f - ti;
+    const T* gi = g.row(i);
+    if (pc) {
+      T* o = pc + i * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) o[j] = from_f<T>(si * to_f(gi[j]));
+    }
+    if (pn) {
+      T* o = pn + i * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) o[j] = from_f<T>(ti * to_f(gi[j]));
+    }
+    if (pt) {
+      const T* ci = c.row(i);
+      const T* ni = nz.row(i);
+      pt[i] = lane_sum(d, [=](int64_t j) { return (to_f(ni[j]) - to_f(ci[j])) * to_f(gi[j]); });
+    }
+  }
+}
+
+// Sum over rows of sum_j (pred - (noise - clean))^2, float32 per row, double across rows (the
+// caller's chunks are fixed by D, so the total does not depend on the thread count). rows (N,):
+// optional per-row mean (times inv_d).
+template <typename T>
+FLOW_TARGET double mse_rows(In<T> p, In<T> c, In<T> nz, float* rows, float inv_d, int64_t d,
+                            int64_t b, int64_t e) {
+  double acc = 0.0;
+  for (int64_t i = b; i < e; ++i) {
+    const T* pi = p.row(i);
+    const T* ci = c.row(i);
+    const T* ni = nz.row(i);
+    const float s = lane_sum(d, [=](int64_t j) {
+      const float diff = to_f(pi[j]) - (to_f(ni[j]) - to_f(ci[j]));  // pred - target
+      return diff * diff;
+    });
+    if (rows) rows[i] = s * inv_d;
+    acc += s;
+  }
+  return acc;
+}
+
+// grad_pred = grad_clean = scale_i (pred - target), grad_noise = -grad_pred, scale_i = base *
+// g[i * gstride]; every requested gradient is written in the same sweep (null = skip).
+template <typename T>
+FLOW_TARGET void mse_bwd_rows(In<T> p, In<T> c, In<T> nz, const float* g, int64_t gstride,
+                              float base, T* gp, T* gc, T* gn, int64_t d, int64_t b, int64_t e) {
+  float buf[kCol];  // one column block of the gradient, computed once, stored 1-3 times
+  for (int64_t i = b; i < e; ++i) {
+    const float s = base * g[i * gstride];
+    for (int64_t j0 = 0; j0 < d; j0 += kCol) {
+      const int64_t w = std::min(kCol, d - j0);
+      const T* pi = p.row(i) + j0;
+      const T* ci = c.row(i) + j0;
+      const T* ni = nz.row(i) + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) buf[j] = s * (to_f(pi[j]) - (to_f(ni[j]) - to_f(ci[j])));
+      T* outs[2] = {gp ? gp + i * d + j0 : nullptr, gc ? gc + i * d + j0 : nullptr};
+      for (T* o : outs) {
+        if (!o) continue;
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) o[j] = from_f<T>(buf[j]);
+      }
+      if (gn) {
+        T* o = gn + i * d + j0;
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) o[j] = from_f<T>(-buf[j]);
+      }
+    }
+  }
+}
+
+// out = x - v * h_i, h_i = dt[i * dstride] if dt else h; x, v, out contiguous (N, D).
+template <typename T>
+FLOW_TARGET void euler_rows(const T* x, const T* v, const float* dt, int64_t dstride, float h,
+                            T* out, int64_t d, int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; ++i) {
+    const float hi = dt ? dt[i * dstride] : h;
+    const T* xi = x + i * d;
+    const T* vi = v + i * d;
+    T* oi = out + i * d;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) oi[j] = from_f<T>(to_f(xi[j]) - to_f(vi[j]) * hi);
+  }
+}
+
+template <typename T>
+RowKernels<T> row_kernels() {
+  return {&interp_rows<T>, &interp_bwd_rows<T>, &mse_rows<T>, &mse_bwd_rows<T>, &euler_rows<T>};
+}
