@@ -34,7 +34,6 @@ namespace {
 // Rows per parallel task: ~32K elements, so small D still gets coarse tasks.
 inline int64_t grain_rows(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
 constexpr int64_t kCol = 256;  // column block of the per-row scratch buffers (stack, not heap)
-constexpr int kLanes = 8;      // partial sums per row sum (flow_rows.h, lane_sum)
 
 // A strided (N, D) input: row i starts at p + i * ld, columns are contiguous.
 template <typename T>

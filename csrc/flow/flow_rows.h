@@ -3,19 +3,19 @@
 // namespace and with FLOW_TARGET set (empty for the baseline build, an AVX2 target attribute
 // for the other), so the same source is compiled twice and the kernels pick one
 // `RowKernels<T>` table at run time (flow_cpu.cpp, cpu_isa()). Prerequisites (declared before
-// the include): In<T>, TimeView, RowKernels<T>, kCol, kLanes, and <cstring>/<ATen/ATen.h>.
+// the include): In<T>, TimeView, RowKernels<T>, kCol, and <cstring>/<ATen/ATen.h>.
 //
 // Every function handles the rows [b, e) of one parallel task. Arithmetic is float32 (half
 // types widened on load, rounded once on store) and the same on both builds: no FMA (the
 // kernels are memory bound, and a contracted a*b+c would break bit-equality with eager torch),
-// and row sums keep kLanes fixed partial sums combined in a fixed order, so the loss does not
-// depend on the vector width any more than on the thread count.
+// and row sums keep 8 fixed partial sums combined in a fixed order, so the loss depends on
+// neither the vector width nor the thread count.
 #ifndef FLOW_TARGET
 #error "define FLOW_TARGET before including flow/flow_rows.h"
 #endif
 
 // --- float32 <-> storage type. bf16 rounding is written branch-light so loops vectorize. No
-// FLOW_TARGET here: plain inline functions inline into both builds (and into the lambdas).
+// FLOW_TARGET needed: plain inline functions inline into both builds.
 inline float to_f(float x) { return x; }
 inline float to_f(c10::Half x) { return static_cast<float>(x); }
 inline float to_f(c10::BFloat16 x) {
@@ -36,15 +36,55 @@ template <> inline c10::BFloat16 from_f<c10::BFloat16>(float x) {
   return r;
 }
 
-// sum_j f(j) for j < d, as kLanes interleaved float32 partial sums (a 256-bit register on the
-// AVX2 build, two 128-bit ones on the baseline) added in a fixed tree: same bits on both.
-template <typename F>
-FLOW_TARGET inline float lane_sum(int64_t d, F f) {
-  float acc[kLanes] = {};
+// Row sums run on 8 float32 lanes (GCC/clang vector extension: one 256-bit register on the
+// AVX2 build, two 128-bit ones on the baseline), the tail zero-padded, the lanes added in a fixed
+// tree: same bits on both builds, whatever the vector width.
+// Vectors go by reference: a 32-byte vector passed or returned by value in the baseline build
+// draws GCC's -Wpsabi warning (harmless here, everything inlines, but noisy).
+typedef float F8 __attribute__((vector_size(32)));
+typedef uint16_t U16x8 __attribute__((vector_size(16)));
+typedef uint32_t U32x8 __attribute__((vector_size(32)));
+
+template <typename T>
+FLOW_TARGET inline void load8(const T* x, int64_t m, F8& v) {  // x[0 : m], m <= 8, zero padded
+  float tmp[8] = {};
+  for (int64_t l = 0; l < m; ++l) tmp[l] = to_f(x[l]);
+  std::memcpy(&v, tmp, sizeof v);
+}
+FLOW_TARGET inline void load8(const float* x, F8& v) { std::memcpy(&v, x, sizeof v); }
+FLOW_TARGET inline void load8(const c10::BFloat16* x, F8& v) {  // bf16 -> f32: 16-bit left shift
+  U16x8 h;
+  std::memcpy(&h, x, sizeof h);
+  const U32x8 w = __builtin_convertvector(h, U32x8) << 16;
+  std::memcpy(&v, &w, sizeof v);
+}
+FLOW_TARGET inline void load8(const c10::Half* x, F8& v) { load8(x, 8, v); }
+
+// acc += (u - (n - c))^2 if kSquare (the loss; u = pred), else (n - c) u (grad_t; u = grad).
+template <bool kSquare>
+FLOW_TARGET inline void add_term(const F8& u, const F8& n, const F8& c, F8& acc) {
+  const F8 y = n - c;  // target
+  if constexpr (kSquare) {
+    const F8 x = u - y;
+    acc += x * x;
+  } else {
+    acc += y * u;
+  }
+}
+
+// sum_j of the term above over a row of length d.
+template <bool kSquare, typename T>
+FLOW_TARGET inline float row_sum(const T* u, const T* n, const T* c, int64_t d) {
+  F8 acc = {}, vu, vn, vc;
   int64_t j = 0;
-  for (; j + kLanes <= d; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += f(j + l);
-  for (int l = 0; j + l < d; ++l) acc[l] += f(j + l);
+  for (; j + 8 <= d; j += 8) {
+    load8(u + j, vu), load8(n + j, vn), load8(c + j, vc);
+    add_term<kSquare>(vu, vn, vc, acc);
+  }
+  if (j < d) {
+    load8(u + j, d - j, vu), load8(n + j, d - j, vn), load8(c + j, d - j, vc);
+    add_term<kSquare>(vu, vn, vc, acc);
+  }
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
@@ -79,9 +119,7 @@ FLOW_TARGET void interp_bwd_rows(In<T> g, In<T> c, In<T> nz, TimeView tv, T* pc,
       for (int64_t j = 0; j < d; ++j) o[j] = from_f<T>(ti * to_f(gi[j]));
     }
     if (pt) {
-      const T* ci = c.row(i);
-      const T* ni = nz.row(i);
-      pt[i] = lane_sum(d, [=](int64_t j) { return (to_f(ni[j]) - to_f(ci[j])) * to_f(gi[j]); });
+      pt[i] = row_sum<false>(gi, nz.row(i), c.row(i), d);
     }
   }
 }
@@ -94,13 +132,7 @@ FLOW_TARGET double mse_rows(In<T> p, In<T> c, In<T> nz, float* rows, float inv_d
                             int64_t b, int64_t e) {
   double acc = 0.0;
   for (int64_t i = b; i < e; ++i) {
-    const T* pi = p.row(i);
-    const T* ci = c.row(i);
-    const T* ni = nz.row(i);
-    const float s = lane_sum(d, [=](int64_t j) {
-      const float diff = to_f(pi[j]) - (to_f(ni[j]) - to_f(ci[j]));  // pred - target
-      return diff * diff;
-    });
+    const float s = row_sum<true>(p.row(i), nz.row(i), c.row(i), d);
     if (rows) rows[i] = s * inv_d;
     acc += s;
   }
