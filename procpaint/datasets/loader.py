@@ -10,6 +10,7 @@ field, missing or undecodable image) is skipped with a warning naming file and l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import warnings
@@ -87,16 +88,28 @@ class TrajectoryDataset(IterableDataset):
         self.epoch = epoch
 
     def _lines(self, gid: int, total: int):
+        """(path, line number, line) of this reader's records. Shards are read interleaved, one
+        line from each in turn (in a seeded order), so a stream mixes subsets from its first record
+        on instead of draining one subset's shard after another (which would make whole packs
+        text-only or image-only)."""
         order = list(self.shards)
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         k = 0
-        for path in order:
-            with open(path, encoding="utf-8") as fh:
-                for ln, line in enumerate(fh, 1):
+        with contextlib.ExitStack() as stack:
+            readers = [(path, enumerate(stack.enter_context(open(path, encoding="utf-8")), 1))
+                       for path in order]
+            while readers:
+                alive = []
+                for path, lines in readers:
+                    item = next(lines, None)
+                    if item is None:
+                        continue
+                    alive.append((path, lines))
                     if k % total == gid:
-                        yield path, ln, line
+                        yield path, item[0], item[1]
                     k += 1
+                readers = alive
 
     def _parse(self, path: Path, ln: int, line: str) -> Sample | None:
         try:
