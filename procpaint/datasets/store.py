@@ -96,8 +96,13 @@ def _build_shard(job) -> dict:
         for rel, img in images:
             if not rel.startswith(prefix):
                 raise ValueError(f"image path {rel!r} is outside its shard folder {prefix!r}")
-            with open(tmp / rel[len(prefix):], "wb") as f:
-                f.write(png_bytes(img))
+            fd = os.open(tmp / rel[len(prefix):], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:                                              # raw fd: no buffered-file wrapper
+                data = png_bytes(img)
+                if os.write(fd, data) != len(data):
+                    raise OSError(f"short write of {rel} (disk full?)")
+            finally:
+                os.close(fd)
         lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":")))
         st["samples"] += 1
         st["images"] += len(images)

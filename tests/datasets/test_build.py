@@ -85,6 +85,23 @@ def test_resume_and_restart(tmp_path):
     assert sorted(p.name for p in (tmp_path / "multiturn").glob("shard-*.jsonl")) == ["shard-00000.jsonl"]
 
 
+def test_interrupted_shard_images_are_replaced_whole(tmp_path):
+    """A shard's images are written to a temporary folder renamed at the end: leftovers of a killed
+    build (temporary folder, or the folder of a shard whose JSONL is missing) never survive."""
+    cfg = preset("tiny", multiturn=8, conflict=0, alignment=0, shard_size=4)
+    build_dataset(tmp_path, "multiturn", cfg, progress=False)
+    ref = _digest(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "multiturn/shard-00001.jsonl").unlink()
+    stale = tmp_path / "multiturn/images/.00001.tmp999"
+    stale.mkdir()
+    (stale / "0000004-0.png").write_bytes(b"torn")
+    (tmp_path / "multiturn/images/00001/junk.png").write_bytes(b"junk")
+    build_dataset(tmp_path, "multiturn", cfg, progress=False)
+    assert _digest(tmp_path) == ref and not stale.exists()
+    assert validate(tmp_path) == []
+
+
 def test_validate_catches_planted_corruptions(built, tmp_path):
     out, man = built
     import shutil
