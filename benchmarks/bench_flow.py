@@ -126,6 +126,20 @@ def bench_config(n, d, dtype, device, compile_ref=True):
     return rows, must_move, copy_gbs
 
 
+def cpu_isa(native: bool) -> str:
+    """Which build of the CPU row kernels runs (csrc/flow/flow_cpu.cpp picks it from the CPU's
+    features; PROCPAINT_FLOW_ISA=baseline forces the baseline), plus the CPU's AVX2 flag."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        flags = []
+    cpu = "cpu has avx2" if "avx2" in flags else "cpu lacks avx2" if flags else "cpu flags unknown"
+    if not native or not hasattr(torch.ops.procpaint, "flow_cpu_isa"):
+        return f"reference (no native CPU kernels); {cpu}"
+    return f"{torch.ops.procpaint.flow_cpu_isa()} row kernels; {cpu}"
+
+
 def machine() -> str:
     model = platform.processor() or "unknown"
     try:
@@ -155,8 +169,9 @@ def main(argv=None):
               "| extra MB |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = []
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    isa = cpu_isa(_ext.has_kernel("rf_mse", "cpu"))
     print(f"machine: {machine()}; load average {load:.1f}; torch {torch.__version__}; "
-          f"native kernels: {native}")
+          f"native kernels: {native}; CPU kernel ISA: {isa}")
     print(f"targets: {TARGETS}")
     print(header)
     for dtype in (torch.float32, torch.bfloat16):
@@ -182,7 +197,8 @@ def main(argv=None):
         body = (f"# bench_flow ({device.type})\n\n- date: {datetime.date.today().isoformat()}\n"
                 f"- machine: {machine()} (1-min load average at start: {load:.1f})\n"
                 f"- torch: {torch.__version__}\n- command: `{cmd}`\n"
-                f"- native kernels: {native}\n- targets: {TARGETS}\n\n{header}\n" + "\n".join(lines) + "\n")
+                f"- native kernels: {native}\n- CPU kernel ISA: {isa}\n- targets: {TARGETS}\n\n"
+                f"{header}\n" + "\n".join(lines) + "\n")
         tmp = a.out + ".tmp"
         with open(tmp, "w") as f:
             f.write(body)
