@@ -1,9 +1,12 @@
 """Build, resume or validate a procpaint dataset directory.
 
     python data/build.py {multiturn,conflict,alignment,all} --out DIR [--preset default|paper|tiny]
-                         [--samples N] [--seed S] [--image-size PX] [--workers K] [--checkpoint CKPT]
+                         [--samples N] [--seed S] [--image-size PX] [--workers K]
+                         [--checkpoint CKPT [--device cpu|cuda]]
     python data/build.py validate DIR
 
+``--checkpoint`` (a multi-turn .ckpt or export directory) builds the conflict subset from the model's
+own sampled plans (self-sampling, the paper's main variant) instead of perturbed scene-graph plans.
 The format is documented in data/README.md.
 """
 
@@ -27,7 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, help="base seed (same seed -> byte-identical output)")
     ap.add_argument("--image-size", type=int, help="image side in pixels (default 32)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes")
-    ap.add_argument("--checkpoint", help="multi-turn checkpoint for self-sampled conflict data")
+    ap.add_argument("--checkpoint", help="multi-turn .ckpt or export dir: self-sampled conflict data")
+    ap.add_argument("--device", default="cpu", help="device that samples plans with --checkpoint (cpu, cuda)")
     ap.add_argument("--verify-images", type=float, help="share of images re-checked by the detector")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -51,8 +55,8 @@ def main(argv=None) -> int:
             cfg = with_samples(cfg, subsets, args.samples)
         t0 = time.perf_counter()
         man = build_dataset(args.out, subsets, cfg, workers=args.workers, progress=not args.quiet,
-                            checkpoint=args.checkpoint)
-    except (NotImplementedError, ValueError, KeyError) as e:
+                            checkpoint=args.checkpoint, device=args.device)
+    except (NotImplementedError, ValueError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     dt = time.perf_counter() - t0
@@ -61,6 +65,12 @@ def main(argv=None) -> int:
         print(f"{sub}: {s['samples']} samples, {s['images']} images "
               f"(avg {s['images_per_sample']['avg']}, max {s['images_per_sample']['max']}), "
               f"positive {s['positive']}, negative {s['negative']}")
+        if "self_sampled" in s:
+            ss = s["self_sampled"]
+            print(f"  self-sampled: {ss['plans']} plans from {ss['trajectories']} trajectories, "
+                  f"{ss['parse_failures']} unparseable, natural positive share "
+                  f"{ss['natural_positive_share']}, "
+                  f"{ss['off_ratio']} off-ratio, {ss['unfilled']} unfilled")
     print(f"built {args.out} in {dt:.1f} s with {args.workers} worker(s)")
     return 0
 

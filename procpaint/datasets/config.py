@@ -12,6 +12,7 @@ from ..world.prompts import TAGS
 
 FORMAT_VERSION = 1
 SUBSETS = ("multiturn", "conflict", "alignment")
+SELF_KEYS = ("self_rounds", "self_temperature", "self_attempts", "self_batch")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class DataConfig:
     painter: str = "procpaint.world.render:Renderer"
     judge: str = "procpaint.world.judge:SymbolicJudge"
     conflict_source: str = "symbolic"        # "symbolic" (+ scene graph) or "self" (needs a checkpoint)
+    # Self-sampled conflict data (conflict_source="self", procpaint.datasets.self_sample).
+    self_rounds: int = 5                     # plans (rounds) per sampled trajectory (paper: max 5 images)
+    self_temperature: float = 1.0            # plan sampling temperature (0: greedy, one plan per prompt)
+    self_attempts: int = 8                   # prompts tried per sample to meet conflict_positive
+    self_batch: int = 32                     # prompts per generate() call
 
     def __post_init__(self):
         for k in ("conflict_positive", "alignment_positive", "edit_share", "refine_share",
@@ -53,6 +59,11 @@ class DataConfig:
         if unknown or not any(v > 0 for v in self.tag_weights.values()):
             raise ValueError(f"DataConfig.tag_weights: unknown tags {sorted(unknown)} or no positive weight; "
                              f"known tags {TAGS}")
+        if not 1 <= self.self_rounds <= 9 or self.self_attempts < 1 or self.self_batch < 1:
+            raise ValueError(f"DataConfig.self_rounds must be in [1, 9], self_attempts and self_batch >= 1; "
+                             f"got {self.self_rounds}, {self.self_attempts}, {self.self_batch}")
+        if self.self_temperature < 0:
+            raise ValueError(f"DataConfig.self_temperature must be >= 0, got {self.self_temperature}")
         if self.conflict_source not in ("symbolic", "self"):
             raise ValueError(f"DataConfig.conflict_source must be 'symbolic' or 'self', "
                              f"got {self.conflict_source!r}")

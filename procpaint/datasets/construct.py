@@ -128,13 +128,18 @@ def flawed_draft(state: State, rng: random.Random, kinds=ERROR_KINDS):
     return None
 
 
-def trajectory(cfg: DataConfig, rng: np.random.Generator, prng: random.Random,
-               refine: bool = True) -> Trajectory:
+def draw_tag(cfg: DataConfig, rng: np.random.Generator) -> str:
+    """A GenEval tag drawn with ``cfg.tag_weights`` (one ``rng.random()``)."""
     tags = [t for t in TAGS if cfg.tag_weights.get(t, 0) > 0]
     w = np.array([cfg.tag_weights[t] for t in tags], float)
     # What ``rng.choice(len(tags), p=w / w.sum())`` does, without its argument checks (~30 us).
     cdf = np.cumsum(w / w.sum())
-    tag = tags[int(np.searchsorted(cdf / cdf[-1], rng.random(), side="right"))]
+    return tags[int(np.searchsorted(cdf / cdf[-1], rng.random(), side="right"))]
+
+
+def trajectory(cfg: DataConfig, rng: np.random.Generator, prng: random.Random,
+               refine: bool = True) -> Trajectory:
+    tag = draw_tag(cfg, rng)
     spec = sample_split_prompt(rng, tag, cfg.heldout_fraction, heldout=False)
     final = realize(spec, rng)
     objs, n, budget = list(final.objects), len(final.objects), cfg.max_images

@@ -13,8 +13,10 @@ Every file goes to a temporary name and is renamed; a shard's images go to a tem
 is renamed as a whole (one rename per shard instead of one per image). A shard counts as done when
 its JSONL exists;
 a re-run with the same settings skips done shards (resume), with different settings it removes the
-subset's files and rebuilds (restart). Each sample is a pure function of (seed, subset, index), and
-shards are written whole by one worker, so output is byte-identical for any ``workers``.
+subset's files and rebuilds (restart). Each sample is a pure function of (seed, subset, index) --
+self-sampled conflict shards of (seed, shard, checkpoint weights), as the model samples a shard's
+prompts in batches -- and shards are written whole by one worker, so output is byte-identical for
+any ``workers``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 from ..sequence.tokenizer import TextTokenizer, build_word_level
 from ..world.grammar import vocabulary
 from ..world.scene import BACKGROUND, COLORS, GRID, SHAPES, SIZES
-from .config import FORMAT_VERSION, SUBSETS, DataConfig
+from . import self_sample
+from .config import FORMAT_VERSION, SELF_KEYS, SUBSETS, DataConfig
 from .records import Context, make_record
 
 _CTX: dict = {}
@@ -66,16 +69,26 @@ def png_bytes(img, level: int = PNG_LEVEL) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
-def _subset_state(cfg: DataConfig, subset: str) -> dict:
+def _self_sampled(cfg: DataConfig, subset: str) -> bool:
+    return subset == "conflict" and cfg.conflict_source == "self"
+
+
+def _subset_state(cfg: DataConfig, subset: str, ckpt_sha: str | None = None) -> dict:
     d = cfg.to_dict()
     for other in SUBSETS:
         if other != subset:
             d.pop(other)
-    return {"format_version": FORMAT_VERSION, "subset": subset, "config": d}
+    state = {"format_version": FORMAT_VERSION, "subset": subset, "config": d}
+    if _self_sampled(cfg, subset):            # a different checkpoint restarts the subset
+        state["checkpoint"] = {"sha256": ckpt_sha}
+    else:                                     # self-sampling knobs do not touch these records
+        for k in SELF_KEYS:
+            d.pop(k)
+    return state
 
 
 def _build_shard(job) -> dict:
-    cfg_dict, subset, shard, start, end, out = job
+    cfg_dict, subset, shard, start, end, out, sampler = job
     key = json.dumps(cfg_dict, sort_keys=True)
     if key not in _CTX:
         _CTX.clear()
@@ -91,8 +104,11 @@ def _build_shard(job) -> dict:
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True)
     prefix = f"{subset}/images/{shard:05d}/"
-    for i in range(start, end):
-        rec, images, rejected = make_record(ctx, subset, i, shard)
+    if sampler is not None:                                  # (checkpoint, device): self-sampled conflict
+        made, st["self"] = self_sample.shard_records(ctx, *sampler, shard, start, end)
+    else:
+        made = (make_record(ctx, subset, i, shard) for i in range(start, end))
+    for rec, images, rejected in made:
         for rel, img in images:
             if not rel.startswith(prefix):
                 raise ValueError(f"image path {rel!r} is outside its shard folder {prefix!r}")
@@ -118,7 +134,7 @@ def _build_shard(job) -> dict:
     tmp.rename(final)
     base = out / subset / f"shard-{shard:05d}"
     atomic_write(base.with_suffix(".stats.json"), json.dumps(st, sort_keys=True).encode())
-    atomic_write(base.with_suffix(".jsonl"), ("\n".join(lines) + "\n").encode())   # marks the shard done
+    atomic_write(base.with_suffix(".jsonl"), "".join(ln + "\n" for ln in lines).encode())   # marks it done
     return st
 
 
@@ -131,36 +147,46 @@ def _merge(stats: list[dict]) -> dict:
         for k in hists:
             hists[k].update(s[k])
     n = max(tot["samples"], 1)
-    return {"samples": tot["samples"], "images": tot["images"], "rejected_constructions": tot["rejected"],
-            "images_per_sample": {"avg": round(tot["images"] / n, 4), "max": tot["images_max"]},
-            "positive": tot["positive"], "negative": tot["negative"],
-            **{k: dict(sorted(v.items())) for k, v in hists.items()}}
+    out = {"samples": tot["samples"], "images": tot["images"], "rejected_constructions": tot["rejected"],
+           "images_per_sample": {"avg": round(tot["images"] / n, 4), "max": tot["images_max"]},
+           "positive": tot["positive"], "negative": tot["negative"],
+           **{k: dict(sorted(v.items())) for k, v in hists.items()}}
+    if any("self" in s for s in stats):
+        out["self_sampled"] = self_sample.merge_stats([s["self"] for s in stats if "self" in s])
+    return out
 
 
 def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = None, *, workers: int = 1,
-                  progress: bool = True, checkpoint: str | None = None) -> dict:
+                  progress: bool = True, checkpoint: str | None = None, device: str = "cpu") -> dict:
     """Build (or resume) ``subsets`` into ``out`` and return the manifest written last.
 
+    ``checkpoint`` (a multi-turn ``.ckpt`` or export directory, as ``load_generator`` accepts) selects
+    self-sampled conflict data (``conflict_source="self"``, sampled on ``device``; see self_sample.py).
     Training calls this to create the default dataset in a cache directory when it is missing.
     """
     cfg = cfg or DataConfig()
-    if checkpoint is not None or cfg.conflict_source == "self":
-        raise NotImplementedError(
-            "self-sampled conflict data needs a multi-turn checkpoint and the Plan->Sketch->Inspect->Refine "
-            "inference loop (procpaint.inference), which is not available yet; build the symbolic "
-            "'+ scene graph' variant instead (omit --checkpoint)")
     if subsets in ("all", None):
         subsets = SUBSETS
     subsets = (subsets,) if isinstance(subsets, str) else tuple(subsets)
     bad = set(subsets) - set(SUBSETS)
     if bad:
         raise ValueError(f"unknown subset(s) {sorted(bad)}; choose from {SUBSETS} or 'all'")
+    sampler, ckpt_sha = None, None
+    if "conflict" in subsets:
+        if checkpoint is not None and cfg.conflict_source == "symbolic":
+            cfg = replace(cfg, conflict_source="self")        # a checkpoint means self-sampling
+        if cfg.conflict_source == "self":
+            if checkpoint is None:
+                raise ValueError("DataConfig.conflict_source='self' needs a multi-turn checkpoint "
+                                 "(build_dataset(..., checkpoint=CKPT) / data/build.py --checkpoint CKPT)")
+            ckpt_sha = self_sample.checkpoint_digest(checkpoint)
+            sampler = (str(checkpoint), str(device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     jobs = []
     for sub in subsets:
-        state = _subset_state(cfg, sub)
+        state = _subset_state(cfg, sub, ckpt_sha)
         state_path = out / sub / "state.json"
         if state_path.exists() and json.loads(state_path.read_text()) != state:
             manifest_path.unlink(missing_ok=True)              # settings changed: restart cleanly
@@ -171,7 +197,8 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
         n = cfg.size(sub)
         for shard, start in enumerate(range(0, n, cfg.shard_size)):
             if not (out / sub / f"shard-{shard:05d}.jsonl").exists():
-                jobs.append((cfg.to_dict(), sub, shard, start, min(start + cfg.shard_size, n), str(out)))
+                jobs.append((cfg.to_dict(), sub, shard, start, min(start + cfg.shard_size, n), str(out),
+                             sampler if _self_sampled(cfg, sub) else None))
     if jobs:
         manifest_path.unlink(missing_ok=True)
         bar = None
@@ -194,12 +221,15 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
         state_path = out / sub / "state.json"
         if not state_path.exists():
             continue
-        sub_cfg = json.loads(state_path.read_text())["config"]
+        sub_state = json.loads(state_path.read_text())
+        sub_cfg = sub_state["config"]
         n = DataConfig(**{**sub_cfg, sub: sub_cfg.get(sub, 0)}).size(sub)
         shards = [f"{sub}/shard-{k:05d}.jsonl" for k in range(-(-n // sub_cfg["shard_size"]))]
         if all((out / s).exists() for s in shards):
             stats = [json.loads((out / s.replace(".jsonl", ".stats.json")).read_text()) for s in shards]
             manifest["subsets"][sub] = {"shards": shards, **_merge(stats), "config": sub_cfg}
+            if "checkpoint" in sub_state:
+                manifest["subsets"][sub]["checkpoint"] = sub_state["checkpoint"]
     manifest.update({
         "format_version": FORMAT_VERSION, "seed": cfg.seed, "tokenizer": "tokenizer.json",
         "world": {"image_size": cfg.image_size, "grid": GRID, "shapes": list(SHAPES), "colors": list(COLORS),

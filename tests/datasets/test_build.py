@@ -133,7 +133,9 @@ def test_validate_catches_planted_corruptions(built, tmp_path):
 
 
 def test_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(NotImplementedError, match="not available yet"):
-        build_dataset(tmp_path, "conflict", CFG, checkpoint="x.ckpt", progress=False)
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        build_dataset(tmp_path, "conflict", CFG, checkpoint=tmp_path / "x.ckpt", progress=False)
+    with pytest.raises(ValueError, match="needs a multi-turn checkpoint"):
+        build_dataset(tmp_path, "conflict", replace(CFG, conflict_source="self"), progress=False)
     with pytest.raises(ValueError, match="conflict_positive"):
         DataConfig(conflict_positive=1.5)
