@@ -97,6 +97,10 @@ def _build_shard(job) -> dict:
     st = {"samples": 0, "images": 0, "images_max": 0, "positive": 0, "negative": 0, "rejected": 0,
           "tags": Counter(), "ops": Counter(), "errors": Counter()}
     lines = []
+    if sampler is not None:        # (checkpoint, device): self-sampled conflict, sampled before any write
+        made, st["self"] = self_sample.shard_records(ctx, *sampler, shard, start, end)
+    else:
+        made = (make_record(ctx, subset, i, shard) for i in range(start, end))
     # Images go to a private folder renamed into place once the shard's images are complete.
     final = out / subset / "images" / f"{shard:05d}"
     for stale in final.parent.glob(f".{final.name}.tmp*"):   # left by an interrupted build
@@ -104,10 +108,6 @@ def _build_shard(job) -> dict:
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True)
     prefix = f"{subset}/images/{shard:05d}/"
-    if sampler is not None:                                  # (checkpoint, device): self-sampled conflict
-        made, st["self"] = self_sample.shard_records(ctx, *sampler, shard, start, end)
-    else:
-        made = (make_record(ctx, subset, i, shard) for i in range(start, end))
     for rec, images, rejected in made:
         for rel, img in images:
             if not rel.startswith(prefix):

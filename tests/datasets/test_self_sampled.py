@@ -227,6 +227,7 @@ def test_untrained_checkpoint_is_a_clear_error(tmp_path, export):
     with pytest.raises(RuntimeError, match="no usable plan"):
         build_dataset(tmp_path, "conflict", cfg, progress=False, checkpoint=export)
     assert not (tmp_path / "manifest.json").exists()
+    assert not list((tmp_path / "conflict").glob("images/*"))        # sampled before anything is written
 
 
 def test_normalise_plan():
