@@ -157,7 +157,7 @@ def candidates(judge, prompt: str, plans: list[str], rng, prng, st: dict) -> lis
             continue
         verdict, crit, fix = judge.judge_plan(prompt, plan, prng)
         st["natural_positive" if verdict.ok else "natural_negative"] += 1
-        if clean:
+        if clean and (verdict.ok or fix):     # a negative's target needs its correction
             out.append(Candidate(k, plan, verdict.ok, crit, fix, sorted({e.kind for e in verdict.errors}),
                                  [OP_NAMES[type(o)] for o in ops], list(context)))
         state = draw_state(prev, ops, spec, rng) if clean and verdict.ok else None
