@@ -109,7 +109,7 @@ class ProcPaintDataModule(L.LightningDataModule):
             return Path(d.root)
         key = json.dumps({"n": d.build_samples, "px": d.image_size, "seed": self.cfg.seed,
                           "subsets": sorted(d.subsets), "edit": d.edit_share, "refine": d.refine_share,
-                          "conflict": d.conflict_source}, sort_keys=True)
+                          "conflict": d.conflict_source, "conflict_ckpt": d.conflict_ckpt}, sort_keys=True)
         return Path(d.cache_dir) / f"procedural-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
     @property
