@@ -4,7 +4,7 @@ A YAML file is merged onto :class:`Config`, so an unknown or misspelled key, a w
 contradictory setting is a :class:`ConfigError` naming the key and the file. A YAML may start
 with ``base: other.yaml`` (relative to itself) and then hold only its differences.
 
-Top-level groups: seed, data, model, optim, loss, trainer (``lightning.Trainer``'s own argument
+Top-level groups: seed, data, model, parallel, optim, loss, trainer (``lightning.Trainer``'s own argument
 names), logging; plus ``ckpt_path`` to resume.
 """
 
@@ -96,6 +96,15 @@ ModelGroup = _model_group()
 
 
 @dataclass
+class ParallelConfig:
+    """How the model is executed (separate from what it is): torchtitan-style apply_* steps run in
+    the LightningModule's configure_model."""
+
+    activation_checkpointing: int = 0     # checkpoint every k-th decoder layer (0: off)
+    compile: bool = False                 # torch.compile each decoder layer
+
+
+@dataclass
 class OptimConfig:
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])   # BAGEL
@@ -165,6 +174,7 @@ class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = field(default_factory=ModelGroup)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -68,9 +68,13 @@ class ProcPaintModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:  # called again on resume / by strategies: build once
             return
-        from procpaint.model import build_model
+        from procpaint.model import apply_activation_checkpointing, apply_compile, build_model
 
         self.model = build_model(self.model_cfg)
+        if self.cfg.parallel.activation_checkpointing > 0:
+            apply_activation_checkpointing(self.model, every=self.cfg.parallel.activation_checkpointing)
+        if self.cfg.parallel.compile:
+            apply_compile(self.model)
 
     def _noise_generator(self) -> torch.Generator:
         """A generator seeded by (seed, step, rank): resumed runs draw the same noise."""
