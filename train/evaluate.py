@@ -65,6 +65,27 @@ def parse_ckpts(items: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
+def check_vocabulary(name: str, generator, bench: str, meta: list[dict]) -> None:
+    """UsageError naming the words of ``bench``'s prompts that the checkpoint's tokenizer lacks."""
+    encode = getattr(generator, "encode_prompt", None)
+    if encode is None:                            # injected fakes take any text
+        return
+    from procpaint.sequence.tokenizer import UnknownWordsError
+
+    unknown: set[str] = set()
+    for m in meta:
+        try:
+            encode(m["prompt"])
+        except UnknownWordsError as exc:
+            unknown.update(exc.words)
+    if unknown:
+        words = sorted(unknown)
+        raise UsageError(f"{name}: the checkpoint's tokenizer lacks {len(words)} word(s) of the {bench} "
+                         f"prompts ({', '.join(words[:12])}{', ...' if len(words) > 12 else ''}); it was "
+                         f"trained on data whose tokenizer predates them: rebuild the data and retrain, or "
+                         f"evaluate with --benchmark geneval")
+
+
 def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS, modes=MODES,
              images_per_prompt: int = 4, limit: int | None = None, batch_size: int = 4, seed: int = 0,
              num_steps: int | None = None, show_progress: bool = True) -> list[dict]:
@@ -76,6 +97,9 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
     from procpaint.evaluation.layout import stratified
     from procpaint.inference.types import GenerationConfig
 
+    for name, generator in runs:                  # every prompt readable before anything runs
+        for bench in benchmarks:
+            check_vocabulary(name, generator, bench, stratified(metadata_for(bench), limit))
     for name, generator in runs:
         for mode in modes:
             cfg = GenerationConfig(mode=mode, seed=seed)

@@ -3,7 +3,7 @@
 Layout (data/README.md)::
 
     DIR/manifest.json                      written last: its presence means "complete"
-    DIR/tokenizer.json                     WordLevel over the world's vocabulary
+    DIR/tokenizer.json                     WordLevel over the world's + knowledge benchmark's words
     DIR/<subset>/shard-00000.jsonl         one record per line
     DIR/<subset>/shard-00000.stats.json    per-shard statistics (resume bookkeeping)
     DIR/<subset>/images/00000/*.png        images, referenced by relative path
@@ -156,6 +156,17 @@ def _merge(stats: list[dict]) -> dict:
     return out
 
 
+def dataset_vocabulary() -> list[str]:
+    """The words of the built tokenizer: the world's grammar plus the knowledge benchmark's prompts.
+
+    The knowledge words never occur in training text (their embeddings stay as initialised); they are
+    in the vocabulary so that every checkpoint trained on a built dataset can read that benchmark.
+    """
+    from ..evaluation.knowledge import vocabulary as knowledge_vocabulary
+
+    return sorted({*vocabulary(), *knowledge_vocabulary()})
+
+
 def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = None, *, workers: int = 1,
                   progress: bool = True, checkpoint: str | None = None, device: str = "cpu") -> dict:
     """Build (or resume) ``subsets`` into ``out`` and return the manifest written last.
@@ -215,7 +226,7 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
                 bar and bar.update(st["samples"])
         bar and bar.close()
     tok_path = out / "tokenizer.json"
-    TextTokenizer(build_word_level(vocabulary())).save(tok_path)
+    TextTokenizer(build_word_level(dataset_vocabulary())).save(tok_path)
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"subsets": {}}
     for sub in SUBSETS:                                        # every complete subset in the directory
         state_path = out / sub / "state.json"

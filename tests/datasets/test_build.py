@@ -139,3 +139,14 @@ def test_checkpoint_is_a_clear_error(tmp_path):
         build_dataset(tmp_path, "conflict", replace(CFG, conflict_source="self"), progress=False)
     with pytest.raises(ValueError, match="conflict_positive"):
         DataConfig(conflict_positive=1.5)
+
+
+def test_built_tokenizer_reads_the_benchmarks(built):
+    """Checkpoints trained on a built dataset can run both evaluation benchmarks."""
+    from procpaint.evaluation import geneval, knowledge
+
+    out, _ = built
+    tok = TextTokenizer(out / "tokenizer.json")
+    for m in knowledge.generate_metadata(200, seed=1) + geneval.generate_metadata(
+            {t: 20 for t in geneval.GENEVAL_TAGS}, seed=1):
+        tok.encode(m["prompt"])

@@ -132,3 +132,26 @@ def test_limit_and_tables_rebuild(tmp_path, oracle, monkeypatch, capsys):
     (tmp_path / "summary.md").unlink()
     assert cli.main(["--tables", str(tmp_path)]) == 0
     assert (tmp_path / "summary.md").is_file() and "| a | planner |" in capsys.readouterr().out
+
+
+def test_unreadable_prompts_stop_before_any_image(tmp_path, oracle, monkeypatch):
+    """A checkpoint whose tokenizer lacks benchmark words: a clear error naming them, nothing written."""
+    from procpaint.sequence.tokenizer import TextTokenizer, build_word_level
+    from procpaint.world import vocabulary
+
+    gen_meta, kn_meta = _tiny_geneval(), knowledge.generate_metadata(12, seed=4)
+    monkeypatch.setattr(cli, "metadata_for", lambda b: gen_meta if b == "geneval" else kn_meta)
+    fake = FakeGenerator(oracle, [gen_meta, kn_meta])
+    fake.encode_prompt = TextTokenizer(build_word_level(vocabulary())).encode       # world words only
+    missing = set(knowledge.vocabulary(kn_meta)) - set(vocabulary())
+    assert missing
+    with pytest.raises(cli.UsageError, match="lacks .* of the knowledge prompts") as err:
+        cli.evaluate([("old", fake)], tmp_path, show_progress=False)
+    assert sorted(missing)[0] in str(err.value)
+    assert fake.calls == 0 and not (tmp_path / "old").exists()
+    # the tokenizer a dataset build writes reads both benchmarks
+    from procpaint.datasets.store import dataset_vocabulary
+
+    fake.encode_prompt = TextTokenizer(build_word_level(dataset_vocabulary())).encode
+    cli.evaluate([("new", fake)], tmp_path, modes=("process",), images_per_prompt=1, show_progress=False)
+    assert fake.calls > 0
