@@ -48,10 +48,11 @@ def generate_with(module: L.LightningModule, tokenizer: TextTokenizer, prompts: 
 
 
 def quick_eval(module: L.LightningModule, tokenizer: TextTokenizer, *, image_size: int, n: int = 24,
-               tags: tuple[str, ...] = ("single_object",), num_steps: int = 20, seed: int = 0) -> dict:
+               tags: tuple[str, ...] = ("single_object",), num_steps: int = 20, seed: int = 0,
+               mode: str = "process") -> dict:
     """Detector-judged accuracy on ``n`` held-out prompts (disjoint from training) per tag."""
     detector, out = Detector(), {}
-    config = GenerationConfig(mode="process", num_steps=num_steps, seed=seed)
+    config = GenerationConfig(mode=mode, num_steps=num_steps, seed=seed)
     for tag in tags:
         prompts = [prompt_text(spec) for _, spec in heldout_prompts(n, seed=seed, tags=(tag,))]
         results = generate_with(module, tokenizer, prompts, config, image_size)
@@ -67,9 +68,9 @@ class TrajectoryLogger(L.Callback):
     strip (plan text under each draft/refined image), its full text, and the detector's verdict."""
 
     def __init__(self, prompts: list[str], tokenizer: TextTokenizer, *, image_size: int, every_n_steps: int,
-                 num_steps: int = 20):
+                 num_steps: int = 20, mode: str = "process"):
         self.prompts, self.tokenizer, self.image_size = list(prompts), tokenizer, image_size
-        self.every, self.config = every_n_steps, GenerationConfig(mode="process", num_steps=num_steps)
+        self.every, self.config = every_n_steps, GenerationConfig(mode=mode, num_steps=num_steps)
         self.detector = Detector()
         self._last = -1
 

@@ -89,10 +89,12 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size)
     module.tokenizer_json = tokenizer.tok.to_str()
     callbacks = list(extra_callbacks)
+    # A model trained on final images only (single-pass baseline) is sampled that way.
+    mode = "single-pass" if cfg.data.trajectory == "final_only" else "process"
     if cfg.logging.trajectory_every_n_steps > 0:
         callbacks.append(TrajectoryLogger(cfg.logging.val_prompts, tokenizer, image_size=cfg.data.image_size,
                                           every_n_steps=cfg.logging.trajectory_every_n_steps,
-                                          num_steps=cfg.logging.sample_steps))
+                                          num_steps=cfg.logging.sample_steps, mode=mode))
     trainer = build_trainer(cfg, extra_callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
@@ -111,7 +113,7 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
         # The module holds the EMA weights now (EMAWeightAveraging copies them in at the end).
         evaluation = quick_eval(module, tokenizer, image_size=cfg.data.image_size,
                                 n=cfg.logging.final_eval_prompts, num_steps=cfg.logging.sample_steps,
-                                seed=cfg.seed)
+                                seed=cfg.seed, mode=mode)
         (Path(log_dir) / "quick_eval.json").write_text(json.dumps(evaluation, indent=2))
     result = FitResult(log_dir=log_dir, checkpoint=last or None, weights=weights,
                        val_loss=float(val) if val is not None else None, evaluation=evaluation)
