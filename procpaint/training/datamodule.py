@@ -107,9 +107,16 @@ class ProcPaintDataModule(L.LightningDataModule):
         d = self.cfg.data
         if d.root is not None:
             return Path(d.root)
+        from procpaint.datasets import FORMAT_VERSION
+        from procpaint.datasets.store import dataset_vocabulary
+
+        # What the build depends on: its knobs, the record format and the tokenizer's words (a
+        # procpaint that adds words rebuilds instead of reusing a cache its prompts cannot be read by).
+        vocab = hashlib.sha1(" ".join(dataset_vocabulary()).encode()).hexdigest()[:10]
         key = json.dumps({"n": d.build_samples, "px": d.image_size, "seed": self.cfg.seed,
                           "subsets": sorted(d.subsets), "edit": d.edit_share, "refine": d.refine_share,
-                          "conflict": d.conflict_source, "conflict_ckpt": d.conflict_ckpt}, sort_keys=True)
+                          "conflict": d.conflict_source, "conflict_ckpt": d.conflict_ckpt,
+                          "format": FORMAT_VERSION, "vocab": vocab}, sort_keys=True)
         return Path(d.cache_dir) / f"procedural-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
     @property

@@ -53,3 +53,19 @@ def test_nonfinite_losses_skip_then_stop(monkeypatch):
         assert module.training_step(None, 1) is None
         with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=3"):
             module.training_step(None, 2)
+
+
+def test_data_cache_key_follows_build_knobs_and_vocabulary(monkeypatch):
+    """A changed knob or tokenizer vocabulary gives a new cache folder; an unchanged config the same."""
+    from procpaint.datasets import store
+    from procpaint.training.datamodule import ProcPaintDataModule
+
+    def root(*overrides):
+        return ProcPaintDataModule(load_config(DEBUG, list(overrides))).root
+
+    base = root()
+    assert root() == base and base.parent == Path("data_cache/debug")
+    assert root("data.build_samples=61") != base and root("seed=1") != base
+    words = store.dataset_vocabulary()
+    monkeypatch.setattr(store, "dataset_vocabulary", lambda: [*words, "zebra"])
+    assert root() != base
