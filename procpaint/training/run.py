@@ -28,7 +28,7 @@ class FitResult:
     checkpoint: str | None       # last Lightning checkpoint
     weights: str | None          # exported safetensors (EMA weights when EMA is on)
     val_loss: float | None
-    evaluation: dict | None = None  # quick_eval: detector-judged accuracy on held-out prompts
+    evaluation: dict | None = None  # quick_eval: detector-judged exact-scene accuracy, held-out prompts
 
 
 # EMAWeightAveraging warns whenever configure_model is overridden; ours is idempotent and EMA is
@@ -124,6 +124,6 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
         if result.val_loss is not None:
             print(f"Held-out val loss: {result.val_loss:.4f}")
         for tag, e in (evaluation or {}).items():
-            print(f"Held-out {tag}: detector-judged accuracy {e['accuracy']:.3f} on {e['prompts']} prompts "
+            print(f"Held-out {tag}: exact-scene accuracy {e['accuracy']:.3f} on {e['prompts']} prompts "
                   f"(drew an image: {e['drew_image']:.2f}, {e['forward_passes']:.0f} forward passes/prompt)")
     return result
