@@ -124,6 +124,7 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
         if result.val_loss is not None:
             print(f"Held-out val loss: {result.val_loss:.4f}")
         for tag, e in (evaluation or {}).items():
-            print(f"Held-out {tag}: exact-scene accuracy {e['accuracy']:.3f} on {e['prompts']} prompts "
-                  f"(drew an image: {e['drew_image']:.2f}, {e['forward_passes']:.0f} forward passes/prompt)")
+            print(f"Held-out {tag}: exact-scene accuracy {e['accuracy']:.3f} on {e['prompts']} samples of "
+                  f"{e['distinct_prompts']} distinct prompts (drew an image: {e['drew_image']:.2f}, "
+                  f"{e['forward_passes']:.0f} forward passes/prompt)")
     return result
