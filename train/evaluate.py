@@ -97,16 +97,16 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
     from procpaint.evaluation.layout import stratified
     from procpaint.inference.types import GenerationConfig
 
+    metas = {b: stratified(metadata_for(b), limit) for b in benchmarks}   # --limit still covers every tag
     for name, generator in runs:                  # every prompt readable before anything runs
-        for bench in benchmarks:
-            check_vocabulary(name, generator, bench, stratified(metadata_for(bench), limit))
+        for bench, meta in metas.items():
+            check_vocabulary(name, generator, bench, meta)
     for name, generator in runs:
         for mode in modes:
             cfg = GenerationConfig(mode=mode, seed=seed)
             if num_steps is not None:
                 cfg.num_steps = num_steps
-            for bench in benchmarks:
-                meta = stratified(metadata_for(bench), limit)     # --limit still covers every tag
+            for bench, meta in metas.items():
                 folder = Path(out) / name / mode / bench
                 stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
                                             batch_size=batch_size, show_progress=show_progress)

@@ -53,7 +53,7 @@ def quick_eval(module: L.LightningModule, tokenizer: TextTokenizer, *, image_siz
     """Detector-judged accuracy on ``n`` held-out prompts (disjoint from training) per tag."""
     detector, out = Detector(), {}
     for tag in tags:
-        # The held-out split of a small tag holds few distinct prompts (single_object: a handful), so
+        # The held-out split of a small tag holds few distinct prompts (single_object: one), so
         # each of the n draws gets its own seed: repeats are new samples, not copies of one image.
         prompts = [prompt_text(spec) for _, spec in heldout_prompts(n, seed=seed, tags=(tag,))]
         results = [r for k, p in enumerate(prompts)
