@@ -67,11 +67,12 @@ def read_prompts(args) -> list[str]:
 def write_result(result, index: int, out: Path) -> None:
     from procpaint.inference.render import save_image, save_strip
 
-    paths = {}
-    for k, stage in enumerate(s for s in result.stages if s.image is not None):
+    paths = {}                 # stage index -> file (by position: stages hold tensors, not comparable)
+    drawn = [(i, s) for i, s in enumerate(result.stages) if s.image is not None]
+    for k, (i, stage) in enumerate(drawn):
         name = f"{index}_{k}.png"
         save_image(stage.image, out / name)
-        paths[result.stages.index(stage)] = name
+        paths[i] = name
     if result.final_image is not None:
         save_image(result.final_image, out / f"{index}_final.png")
     save_strip(result, out / f"{index}.png")

@@ -62,7 +62,7 @@ class GenerationConfig:
             raise ValueError(f"cfg_interval must satisfy 0 <= lo <= hi <= 1, got {self.cfg_interval}")
 
 
-@dataclass
+@dataclass(eq=False)   # identity equality: a generated __eq__ would compare image tensors (ambiguous)
 class Stage:
     kind: Literal["plan", "draft", "critique", "refine", "refined", "image"]
     text: str | None = None                  # for text stages
