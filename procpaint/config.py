@@ -87,7 +87,8 @@ def _model_group():
     (None = the preset's value). Generated from ModelConfig so the two never drift apart."""
     from dataclasses import make_dataclass
 
-    extra = [(f.name, f.type if f.name == "vae_path" else f"{f.type} | None", field(default=None))
+    optional = ("vae_path", "init_from")          # already `str | None`
+    extra = [(f.name, f.type if f.name in optional else f"{f.type} | None", field(default=None))
              for f in fields(ModelConfig) if f.name != "vocab_size"]
     return make_dataclass("ModelGroup", [("preset", str, field(default="small")), *extra])
 

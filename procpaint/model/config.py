@@ -34,6 +34,9 @@ class ModelConfig:
     qkv_bias: bool = False               # bias on the q/k/v projections (Qwen2 / BAGEL have it)
     timestep_scale: float = 1000.0       # t in [0, 1] is multiplied by this before the sinusoid
                                          # (DiT/FLUX convention; BAGEL feeds raw t: 1.0)
+    sincos_order: str = "row_col"        # 2-D sin-cos halves: "row_col" | "col_row" (MAE / BAGEL table)
+    init_from: str | None = None         # BAGEL-format directory whose weights the build loads
+                                         # (procpaint.model.bagel_io); shapes must match the preset
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -50,6 +53,8 @@ class ModelConfig:
             raise ValueError(f"model.timestep_scale must be > 0, got {self.timestep_scale}")
         if self.attn_backend not in ("auto", "sdpa", "flex", "xformers", "flash"):
             raise ValueError(f"model.attn_backend unknown: {self.attn_backend!r}")
+        if self.sincos_order not in ("row_col", "col_row"):
+            raise ValueError(f"model.sincos_order must be 'row_col' or 'col_row', got {self.sincos_order!r}")
 
     @property
     def head_dim(self) -> int:
@@ -81,7 +86,7 @@ PRESETS: dict[str, ModelConfig] = {
                             num_kv_heads=4, intermediate_size=18944, rope_theta=1_000_000.0,
                             tie_word_embeddings=False, codec="vae", latent_channels=16,
                             latent_downsample=8, patch_size=2, max_latent_size=64,
-                            qkv_bias=True, timestep_scale=1.0),
+                            qkv_bias=True, timestep_scale=1.0, sincos_order="col_row"),
 }
 
 

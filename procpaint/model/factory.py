@@ -28,7 +28,8 @@ def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None) -
     overwritten anyway (half the build time of ``base`` on CPU). The codec (a VAE's pretrained
     weights) is built for real and attached afterwards. ``device="meta"`` allocates nothing (shape
     and parameter-count checks; the VAE is not loaded); FSDP materialises such a model with
-    ``to_empty`` then ``init_weights``.
+    ``to_empty`` then ``init_weights``. ``cfg.init_from`` (a BAGEL-format directory) is loaded
+    after initialisation (:func:`procpaint.model.bagel_io.load_bagel`).
     """
     target = torch.device(device) if device is not None else torch.device("cpu")
     # Parameter-free stand-in with the right latent_dim: a VAE without a path is an unloaded placeholder.
@@ -40,6 +41,10 @@ def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None) -
     model.to_empty(device=target)
     model.init_weights()
     model.codec = build_codec(cfg).to(target)
+    if cfg.init_from:
+        from procpaint.model.bagel_io import load_bagel
+
+        load_bagel(model, cfg.init_from)
     return model
 
 

@@ -113,6 +113,8 @@ class ProcPaintModel(nn.Module):
         """
         dtype = self.vae2llm.weight.dtype
         rows, cols = patch_ids // grid_w, patch_ids % grid_w
+        if self.cfg.sincos_order == "col_row":                               # BAGEL's (MAE's) table
+            rows, cols = cols, rows
         pos = sincos_2d(rows, cols, self.cfg.hidden_size).to(dtype)           # (N, D)
         return self.vae2llm(z.to(dtype)) + self.time_embedder(timesteps) + pos
 

@@ -1,0 +1,360 @@
+"""BAGEL-format checkpoints in and out: the ``Bagel`` module's key names <-> :class:`ProcPaintModel`.
+
+Key names follow ByteDance-Seed/Bagel (``modeling/bagel/bagel.py``, ``qwen2_navit.py``,
+``modeling_utils.py``); the mapping is written afresh. A BAGEL directory holds
+
+    llm_config.json     Qwen2 config of the language model (BAGEL forces qk_norm and the MoT layer)
+    vit_config.json     SigLIP config of the understanding ViT
+    ema.safetensors     the Bagel module's state dict (or model.safetensors, or shards + *.index.json)
+    ae.safetensors      the FLUX autoencoder (its own key layout; :func:`load_flux_autoencoder`)
+    tokenizer.json ...  the Qwen2 tokenizer
+
+Per decoder layer ``i`` and expert (understanding: no suffix, generation: ``_moe_gen``):
+
+    language_model.model.layers.i.input_layernorm{sfx}.weight        -> layers.i.{und,gen}.input_norm.weight
+    .self_attn.{q,k,v}_proj{sfx}.{weight,bias}  (concatenated q|k|v) -> .qkv.{weight,bias}
+    .self_attn.{q,k}_norm{sfx}.weight                                -> .{q,k}_norm.weight
+    .self_attn.o_proj{sfx}.weight                                    -> .o.weight
+    .post_attention_layernorm{sfx}.weight                            -> .post_attn_norm.weight
+    .mlp{sfx}.{gate,up,down}_proj.weight                             -> .mlp.{gate,up,down}.weight
+
+plus ``language_model.model.{embed_tokens,norm,norm_moe_gen}``, ``language_model.lm_head`` and the
+generation glue under the same names as ours (``time_embedder.mlp.{0,2}``, ``vae2llm``, ``llm2vae``).
+``latent_pos_embed.pos_embed`` is BAGEL's fixed 2-D sin-cos table (max_latent_size**2, D); we compute
+it on the fly, so loading checks the table against ours and export writes it. The understanding
+path (``vit_model.*``, ``connector.*``, ``vit_pos_embed.*``) has no counterpart yet: loading reports
+those keys and skips them; export copies them from a ``template`` directory so BAGEL's own
+inference code gets a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from procpaint.model.config import ModelConfig
+from procpaint.model.embeddings import sincos_2d
+
+logger = logging.getLogger(__name__)
+
+LLM = "language_model."
+UND_PREFIXES = ("vit_model.", "connector.", "vit_pos_embed.")   # the ViT understanding path
+POS_KEY = "latent_pos_embed.pos_embed"
+WEIGHT_FILES = ("ema.safetensors", "model.safetensors")
+FLUX_AE_CONFIG = dict(                  # FLUX.1 autoencoder as a diffusers AutoencoderKL
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
+    use_quant_conv=False, use_post_quant_conv=False)
+
+
+class BagelFormatError(ValueError):
+    """A directory or state dict that does not match the BAGEL layout or the model's shapes."""
+
+
+def _short(keys, n: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+# ------------------------------------------------------------------------------------ key map
+def key_map(cfg: ModelConfig, *, glue: bool = True) -> list[tuple[str, tuple[str, ...]]]:
+    """(our key, BAGEL key(s)) pairs; several BAGEL keys are concatenated along dim 0 (q|k|v).
+
+    ``glue=False`` leaves out the generation glue (timestep MLP, vae2llm, llm2vae): the language
+    model alone, as in a plain Qwen2 checkpoint.
+    """
+    m = LLM + "model."
+    pairs = [("embed_tokens.weight", (m + "embed_tokens.weight",)),
+             ("norm_und.weight", (m + "norm.weight",))]
+    if cfg.mot:
+        pairs.append(("norm_gen.weight", (m + "norm_moe_gen.weight",)))
+    if not cfg.tie_word_embeddings:
+        pairs.append(("output.weight", (LLM + "lm_head.weight",)))
+    for i in range(cfg.num_layers):
+        for ours, sfx in (("und", ""), ("gen", "_moe_gen"))[: 2 if cfg.mot else 1]:
+            a, b, t = f"{m}layers.{i}.self_attn.", f"{m}layers.{i}.", f"layers.{i}.{ours}."
+            pairs += [(t + "input_norm.weight", (f"{b}input_layernorm{sfx}.weight",)),
+                      (t + "post_attn_norm.weight", (f"{b}post_attention_layernorm{sfx}.weight",)),
+                      (t + "qkv.weight", tuple(f"{a}{p}_proj{sfx}.weight" for p in "qkv")),
+                      (t + "o.weight", (f"{a}o_proj{sfx}.weight",))]
+            pairs += [(f"{t}mlp.{p}.weight", (f"{b}mlp{sfx}.{p}_proj.weight",))
+                      for p in ("gate", "up", "down")]
+            if cfg.qkv_bias:
+                pairs.append((t + "qkv.bias", tuple(f"{a}{p}_proj{sfx}.bias" for p in "qkv")))
+            if cfg.qk_norm:
+                pairs += [(t + f"{p}_norm.weight", (f"{a}{p}_norm{sfx}.weight",)) for p in "qk"]
+    if glue:
+        for name in ("time_embedder.mlp.0", "time_embedder.mlp.2", "vae2llm", "llm2vae"):
+            pairs += [(f"{name}.{p}", (f"{name}.{p}",)) for p in ("weight", "bias")]
+    return pairs
+
+
+def _qkv_sizes(cfg: ModelConfig) -> list[int]:
+    return [cfg.num_heads * cfg.head_dim] + [cfg.num_kv_heads * cfg.head_dim] * 2
+
+
+def latent_pos_table(cfg: ModelConfig) -> torch.Tensor:
+    """BAGEL's ``latent_pos_embed.pos_embed`` (max_latent_size**2, D) as our model computes it."""
+    g = cfg.max_latent_size
+    idx = torch.arange(g * g)
+    rows, cols = idx // g, idx % g
+    if cfg.sincos_order == "col_row":
+        rows, cols = cols, rows
+    return sincos_2d(rows, cols, cfg.hidden_size)
+
+
+# ------------------------------------------------------------------------------ state dicts
+def to_bagel_state_dict(model: nn.Module, *, glue: bool = True) -> dict[str, torch.Tensor]:
+    """The model's weights under BAGEL's key names (detached views; q|k|v split back)."""
+    cfg: ModelConfig = model.cfg
+    ours = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, theirs in key_map(cfg, glue=glue):
+        t = ours[key].detach()
+        parts = t.split(_qkv_sizes(cfg)) if len(theirs) > 1 else (t,)
+        out.update({k: p.contiguous() for k, p in zip(theirs, parts)})
+    if glue:
+        out[POS_KEY] = latent_pos_table(cfg).to(ours["vae2llm.weight"].dtype)
+    return out
+
+
+def load_bagel_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, glue: bool = True,
+                          source: str = "checkpoint") -> list[str]:
+    """Copy BAGEL-named weights ``sd`` into ``model``; every mismatch is one :class:`BagelFormatError`.
+
+    Returns the understanding-path keys that were skipped (no ViT path in the model).
+    """
+    cfg: ModelConfig = model.cfg
+    ours = model.state_dict()
+    pairs = key_map(cfg, glue=glue)
+    expected = {k for _, theirs in pairs for k in theirs}
+    missing = sorted(expected - sd.keys())
+    skipped = sorted(k for k in sd if k.startswith(UND_PREFIXES))
+    unexpected = sorted(sd.keys() - expected - set(skipped) - {POS_KEY})
+    if cfg.tie_word_embeddings and LLM + "lm_head.weight" in unexpected:   # HF keeps a tied copy
+        unexpected.remove(LLM + "lm_head.weight")
+    bad_shape, new = [], {}
+    for key, theirs in pairs:
+        if any(k not in sd for k in theirs):
+            continue
+        want = ours[key].shape
+        sizes = _qkv_sizes(cfg) if len(theirs) > 1 else [want[0]]
+        for k, n in zip(theirs, sizes):
+            if tuple(sd[k].shape) != (n, *want[1:]):
+                bad_shape.append(f"{k} {tuple(sd[k].shape)} vs model {(n, *want[1:])}")
+        new[key] = torch.cat([sd[k] for k in theirs]) if len(theirs) > 1 else sd[k]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_short(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_short(unexpected)}")
+    if bad_shape:
+        problems.append(f"{len(bad_shape)} shape mismatch(es): {_short(bad_shape, 4)}")
+    if glue and POS_KEY in sd and not bad_shape:
+        table = latent_pos_table(cfg)
+        got = sd[POS_KEY]
+        if got.shape != table.shape:
+            problems.append(f"{POS_KEY} is {tuple(got.shape)}, the model's table is {tuple(table.shape)} "
+                            f"(model.max_latent_size={cfg.max_latent_size})")
+        elif not torch.allclose(got.float(), table.to(got.dtype).float(), atol=1e-6):
+            problems.append(f"{POS_KEY} differs from the model's 2-D sin-cos table "
+                            f"(model.sincos_order={cfg.sincos_order!r}; BAGEL's is 'col_row')")
+    if cfg.tie_word_embeddings and LLM + "lm_head.weight" in sd and not bad_shape:
+        if not torch.equal(sd[LLM + "lm_head.weight"], sd[LLM + "model.embed_tokens.weight"]):
+            problems.append("lm_head differs from embed_tokens but model.tie_word_embeddings=True")
+    if problems:
+        raise BagelFormatError(f"{source} does not fit the model: " + "; ".join(problems))
+    with torch.no_grad():
+        for key, t in new.items():
+            ours[key].copy_(t)
+    return skipped
+
+
+def load_qwen2_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, source: str = "Qwen2") -> None:
+    """A Hugging Face ``Qwen2ForCausalLM`` state dict (``model.*``, ``lm_head.weight``) into the
+    understanding expert; with ``cfg.mot`` the generation expert starts as its copy (BAGEL's
+    ``init_moe``). The generation glue keeps its initialisation. Qwen2 has no q/k norms: build the
+    model with ``qk_norm=False`` (a model with them reports their keys missing)."""
+    cfg: ModelConfig = model.cfg
+    theirs = {LLM + k: v for k, v in sd.items()}
+    if cfg.mot:
+        theirs |= {_gen_name(k): v for k, v in theirs.items() if _gen_name(k) != k}
+    load_bagel_state_dict(model, theirs, glue=False, source=source)
+
+
+def _gen_name(key: str) -> str:
+    """BAGEL's generation-expert twin of an understanding key (the key itself if it has none)."""
+    m = LLM + "model."
+    if key == m + "norm.weight":
+        return m + "norm_moe_gen.weight"
+    if not key.startswith(m + "layers."):
+        return key
+    for part in ("input_layernorm", "post_attention_layernorm", "q_norm", "k_norm"):
+        if f".{part}." in key:
+            return key.replace(f".{part}.", f".{part}_moe_gen.")
+    for p in "qkvo":
+        if f".{p}_proj." in key:
+            return key.replace(f".{p}_proj.", f".{p}_proj_moe_gen.")
+    return key.replace(".mlp.", ".mlp_moe_gen.")
+
+
+# --------------------------------------------------------------------------------- directory
+def _weight_files(path: Path) -> list[Path]:
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return [path / name]
+    index = sorted(path.glob("*.safetensors.index.json"))
+    if index:
+        weight_map = json.loads(index[0].read_text())["weight_map"]
+        files = [path / f for f in dict.fromkeys(weight_map.values())]
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            raise BagelFormatError(f"{index[0]} names shard(s) that do not exist: {_short(absent, 3)}")
+        return files
+    return []
+
+
+def check_bagel_dir(path: str | Path) -> Path:
+    """``path`` as a Path if it is a BAGEL-format directory; otherwise say what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BagelFormatError(f"{path}: not a directory (expected a BAGEL-format checkpoint directory)")
+    lacks = [] if (path / "llm_config.json").is_file() else ["llm_config.json"]
+    if not _weight_files(path):
+        lacks.append(f"weights ({' or '.join(WEIGHT_FILES)} or *.safetensors.index.json + shards)")
+    if lacks:
+        raise BagelFormatError(f"{path} is not a BAGEL-format directory: it lacks {', '.join(lacks)}")
+    return path
+
+
+def read_llm_config(path: str | Path) -> dict:
+    return json.loads((check_bagel_dir(path) / "llm_config.json").read_text())
+
+
+def read_bagel_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the directory's weight file(s), on the CPU."""
+    from safetensors.torch import load_file
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in _weight_files(check_bagel_dir(path)):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json") -> None:
+    """Fields that shapes do not reveal (RoPE base, eps) and the dimensions, named per model key."""
+    rope = llm.get("rope_theta") or (llm.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    scaling = llm.get("rope_scaling") or {}
+    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+        raise BagelFormatError(f"{source}: rope_scaling {scaling} is not supported (plain RoPE only)")
+    pairs = [("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
+             ("num_heads", "num_attention_heads"), ("num_kv_heads", "num_key_value_heads"),
+             ("intermediate_size", "intermediate_size"), ("vocab_size", "vocab_size")]
+    bad = [f"model.{ours}={getattr(cfg, ours)} vs {theirs}={llm.get(theirs)}"
+           for ours, theirs in pairs if theirs in llm and getattr(cfg, ours) != llm[theirs]]
+    if abs(cfg.rope_theta - float(rope)) > 1e-6 * float(rope):
+        bad.append(f"model.rope_theta={cfg.rope_theta} vs rope_theta={rope}")
+    if "rms_norm_eps" in llm and abs(cfg.rms_norm_eps - llm["rms_norm_eps"]) > 1e-12:
+        bad.append(f"model.rms_norm_eps={cfg.rms_norm_eps} vs rms_norm_eps={llm['rms_norm_eps']}")
+    if llm.get("hidden_act", "silu") != "silu":
+        bad.append(f"hidden_act={llm['hidden_act']!r} (the model's MLP is SwiGLU with silu)")
+    if bad:
+        raise BagelFormatError(f"{source} does not match the model config: " + "; ".join(bad))
+
+
+def load_bagel(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a BAGEL-format directory's language model and generation glue into ``model`` (in place)."""
+    path = check_bagel_dir(path)
+    check_llm_config(model.cfg, read_llm_config(path), str(path / "llm_config.json"))
+    skipped = load_bagel_state_dict(model, read_bagel_weights(path), source=str(path))
+    if skipped:
+        logger.warning("%s: %d understanding-path tensors (%s) skipped: procpaint has no ViT path yet; "
+                       "export_bagel(..., template=%s) carries them over", path, len(skipped),
+                       ", ".join(UND_PREFIXES), path)
+    return model
+
+
+def bagel_llm_config(cfg: ModelConfig) -> dict:
+    """A Qwen2-style llm_config.json for ``cfg`` (with BAGEL's qk_norm / layer_module keys)."""
+    return dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
+                hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                num_key_value_heads=cfg.num_kv_heads, rms_norm_eps=cfg.rms_norm_eps,
+                rope_theta=cfg.rope_theta, vocab_size=cfg.vocab_size,
+                tie_word_embeddings=cfg.tie_word_embeddings, qk_norm=cfg.qk_norm,
+                layer_module="Qwen2MoTDecoderLayer" if cfg.mot else "Qwen2DecoderLayer",
+                max_position_embeddings=32768, use_sliding_window=False)
+
+
+def _write_atomic(dst: Path, write) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_bagel(model: nn.Module, out: str | Path, *, template: str | Path | None = None,
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` as a BAGEL-format directory ``out`` (llm_config.json + ema.safetensors).
+
+    ``template``: the BAGEL directory the model came from; its understanding-path tensors (ViT,
+    connector) are carried into ema.safetensors and its other files (vit_config.json,
+    ae.safetensors, tokenizer files) are copied, so BAGEL's inference code can run the result.
+    Each file is written under a temporary name and renamed.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = to_bagel_state_dict(model)
+    if template is not None:
+        template = check_bagel_dir(template)
+        kept = {k: v for k, v in read_bagel_weights(template).items() if k.startswith(UND_PREFIXES)}
+        sd.update(kept)
+        ours = {f.name for f in _weight_files(template)} | {"llm_config.json"}
+        ours |= {f.name for f in template.glob("*.safetensors.index.json")}
+        for f in template.iterdir():               # vit_config.json, ae.safetensors, tokenizer files
+            if f.is_file() and f.name not in ours:
+                _write_atomic(out / f.name, lambda t, f=f: shutil.copyfile(f, t))
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    _write_atomic(out / "llm_config.json",
+                  lambda t: t.write_text(json.dumps(bagel_llm_config(model.cfg), indent=2) + "\n"))
+    _write_atomic(out / "ema.safetensors", lambda t: save_file(sd, str(t), metadata={"format": "pt"}))
+    return out
+
+
+# ------------------------------------------------------------------------------------ codec
+def load_flux_autoencoder(path: str | Path, **config):
+    """FLUX's ``ae.safetensors`` (its original key layout) as a frozen diffusers ``AutoencoderKL``.
+
+    ``config`` overrides :data:`FLUX_AE_CONFIG` (tests build tiny autoencoders)."""
+    try:
+        from diffusers import AutoencoderKL
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise ImportError("loading ae.safetensors needs diffusers: pip install 'procpaint[bagel]'") from e
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no FLUX autoencoder there (expected ae.safetensors)")
+    vae = AutoencoderKL(**{**FLUX_AE_CONFIG, **config})
+    sd = load_file(str(path))
+    converted = convert_ldm_vae_checkpoint(sd, vae.config)
+    missing, unexpected = vae.load_state_dict(converted, strict=False)
+    if missing or unexpected:
+        raise BagelFormatError(f"{path}: not a FLUX autoencoder: {len(missing)} missing key(s) "
+                               f"[{_short(missing, 4)}], {len(unexpected)} unexpected key(s) "
+                               f"[{_short(unexpected, 4)}]")
+    return vae.requires_grad_(False).eval()
