@@ -37,9 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(cfg))
         return 0
 
+    from procpaint.training.module import NonFiniteLossError
     from procpaint.training.run import fit
 
-    fit(cfg)
+    try:
+        fit(cfg)
+    except NonFiniteLossError as exc:      # stopped safely: no NaN weights were written
+        print(f"training stopped: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

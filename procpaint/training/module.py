@@ -1,8 +1,11 @@
 """The LightningModule: a thin, uniform wrapper around the model and the packed loss.
 
 The model is built in ``configure_model`` (so FSDP can shard it as it is created), the DataModule
-is never built here, and every stage goes through one ``_shared_step``. Non-finite losses skip the
-step with a warning; ``loss.max_nonfinite_steps`` consecutive ones stop training with a clear error.
+is never built here, and every stage goes through one ``_shared_step``. A non-finite loss or gradient
+skips the update with a warning (decided from a flag all-reduced over ranks, so every rank skips the
+same steps and none waits alone in a collective); ``loss.max_nonfinite_steps`` consecutive ones, or a
+non-finite weight after an update, stop training with :class:`NonFiniteLossError`. A checkpoint whose
+weights are not all finite is never written: the last good one stays the last one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,21 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced too many consecutive NaN/inf losses."""
+    """Training produced too many consecutive NaN/inf losses or gradients, or non-finite weights."""
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state`` (a state dict) holding NaN or inf."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite_weights(state: dict, what: str) -> None:
+    """NonFiniteLossError naming the first non-finite tensors of ``state``; ``what`` is being written."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteLossError(f"refusing to write {what}: {len(bad)} weight tensor(s) hold NaN/inf "
+                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -51,6 +68,10 @@ class ProcPaintModule(L.LightningModule):
         self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Runs after the callbacks' hooks (EMA has put its average in state_dict): raising here
+        # stops the write, so no checkpoint with NaN weights replaces a good one.
+        for key in ("state_dict", "current_model_state"):
+            check_finite_weights(checkpoint.get(key) or {}, f"a checkpoint at step {checkpoint.get('global_step')}")
         # The tokenizer travels with the weights so sampling/evaluation need nothing else.
         if self.tokenizer_json is not None:
             checkpoint["tokenizer_json"] = self.tokenizer_json
@@ -99,19 +120,18 @@ class ProcPaintModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx):
         self._step_start = time.perf_counter()
 
+    def _any_rank(self, flag: bool | torch.Tensor) -> bool:
+        """``flag`` or-ed over all ranks (one all-reduce), so every rank takes the same branch."""
+        t = torch.as_tensor(flag, dtype=torch.float32, device=self.device).reshape(())
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            t = trainer.strategy.reduce(t, reduce_op="max")
+        return bool(t.item())
+
     def training_step(self, batch: PackedBatch, batch_idx: int):
+        # A non-finite loss still goes through backward (its gradients are non-finite too), so
+        # every rank runs the same collectives; on_before_optimizer_step then skips the update.
         parts = self._shared_step(batch, "train")
-        if not torch.isfinite(parts.loss):
-            self._nonfinite += 1
-            log.warning("non-finite loss %s at step %d: skipping the step (%d consecutive)",
-                        parts.loss.item(), self.global_step, self._nonfinite)
-            self.log("train/nonfinite_steps", float(self._nonfinite), batch_size=1)
-            if self._nonfinite >= self.cfg.loss.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self._nonfinite} consecutive non-finite losses (loss.max_nonfinite_steps="
-                    f"{self.cfg.loss.max_nonfinite_steps}); lower optim.lr or check the data")
-            return None  # Lightning skips backward and the optimizer step
-        self._nonfinite = 0
         stats = batch.stats or {}
         self.log("train/packing_efficiency", float(stats.get("efficiency", 0.0)), batch_size=1)
         self.log("train/skipped_samples", float(stats.get("skipped_total", 0)), batch_size=1)
@@ -131,9 +151,39 @@ class ProcPaintModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     def on_before_optimizer_step(self, optimizer):
-        norms = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm(), batch_size=1)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.stack([g.detach().float().norm() for g in grads]).norm() if grads else torch.zeros(())
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        if scaler is not None:       # fp16: the GradScaler skips inf steps and lowers its scale itself
+            if grads and torch.isfinite(norm):
+                self.log("train/grad_norm", norm, batch_size=1)
+            return
+        if self._any_rank(not torch.isfinite(norm)):
+            self._nonfinite += 1
+            log.warning("non-finite loss or gradient at step %d: skipping the update (%d consecutive)",
+                        self.global_step, self._nonfinite)
+            self.log("train/nonfinite_steps", float(self._nonfinite), batch_size=1)
+            for p in self.parameters():       # the optimizer skips parameters without a gradient
+                p.grad = None
+            if self._nonfinite >= self.cfg.loss.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self._nonfinite} consecutive non-finite losses or gradients at step {self.global_step} "
+                    f"(loss.max_nonfinite_steps={self.cfg.loss.max_nonfinite_steps}); no update was applied, "
+                    f"the last checkpoint holds the last good weights; lower optim.lr or check the data")
+            return
+        self._nonfinite = 0
+        if grads:
+            self.log("train/grad_norm", norm, batch_size=1)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # A finite gradient can still overflow a weight: stop before any checkpoint sees it.
+        amax = [p.detach().abs().max().float() for p in self.parameters() if p.numel()]
+        if amax and self._any_rank(not torch.isfinite(torch.stack(amax).max())):
+            raise NonFiniteLossError(
+                f"the update of step {self.global_step} made weights non-finite "
+                f"({', '.join(nonfinite_tensors(dict(self.named_parameters()))[:3])}); training stopped, "
+                f"the last checkpoint holds the last good weights; lower optim.lr")
 
     def configure_optimizers(self):
         o = self.cfg.optim

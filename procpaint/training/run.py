@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from procpaint.config import Config, to_yaml
 from procpaint.training.callbacks import TrajectoryLogger, quick_eval
 from procpaint.training.datamodule import ProcPaintDataModule
-from procpaint.training.module import ProcPaintModule
+from procpaint.training.module import ProcPaintModule, check_finite_weights
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,37 @@ def build_trainer(cfg: Config, *, extra_callbacks=()) -> L.Trainer:
 
 
 def export_weights(module: ProcPaintModule, out_dir: Path) -> Path:
-    """Write model.safetensors (atomically) + model_config.json + config.yaml + tokenizer.json:
-    everything sampling and evaluation need, without Lightning."""
+    """Write model.safetensors + model_config.json + config.yaml + tokenizer.json: everything
+    sampling and evaluation need, without Lightning. The export is written whole into a temporary
+    folder beside ``out_dir`` and renamed into place, so ``out_dir`` is never a half export; weights
+    holding NaN/inf are refused (NonFiniteLossError) and leave any earlier export untouched."""
+    import shutil
+
     from safetensors.torch import save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out_dir / "model.safetensors")
-    (out_dir / "model_config.json").write_text(json.dumps(asdict(module.model_cfg), indent=2))
-    (out_dir / "config.yaml").write_text(to_yaml(module.cfg))
-    if module.tokenizer_json is not None:
-        (out_dir / "tokenizer.json").write_text(module.tokenizer_json)
+    check_finite_weights(state, f"an export to {out_dir}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "model_config.json").write_text(json.dumps(asdict(module.model_cfg), indent=2))
+        (tmp / "config.yaml").write_text(to_yaml(module.cfg))
+        if module.tokenizer_json is not None:
+            (tmp / "tokenizer.json").write_text(module.tokenizer_json)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():                       # replace an earlier export only once the new one is whole
+        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
     return out_dir / "model.safetensors"
 
 

@@ -42,17 +42,78 @@ def test_configure_model_applies_checkpointing_and_compile():
     assert wrapped.model is not None
 
 
-def test_nonfinite_losses_skip_then_stop(monkeypatch):
+def test_nonfinite_gradients_skip_the_update_then_stop():
+    """A NaN loss or gradient applies no update (grads dropped before the optimizer); after
+    loss.max_nonfinite_steps in a row training stops."""
     module = _module("loss.max_nonfinite_steps=3")
-    nan = torch.tensor(math.nan)
-    parts = LossParts(loss=nan, ce=nan, mse=nan, ce_tokens=1, mse_tokens=1)
-    monkeypatch.setattr(module, "_shared_step", lambda batch, stage: parts)
+    opt = module.configure_optimizers()["optimizer"]
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")              # self.log outside a Trainer warns
-        assert module.training_step(None, 0) is None  # skipped, not raised
-        assert module.training_step(None, 1) is None
-        with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=3"):
-            module.training_step(None, 2)
+        for step in range(3):
+            for p in module.parameters():
+                p.grad = torch.ones_like(p)
+            next(module.parameters()).grad[0] = math.nan
+            if step < 2:
+                module.on_before_optimizer_step(opt)
+                opt.step()
+            else:
+                with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=3"):
+                    module.on_before_optimizer_step(opt)
+    for k, v in module.model.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=f"{k} was updated by a non-finite step")
+
+
+def test_update_that_makes_weights_nonfinite_stops_training():
+    module = _module()
+
+    class Overflowing:
+        def step(self, closure=None):
+            with torch.no_grad():
+                next(module.parameters()).fill_(math.inf)
+
+    with pytest.raises(NonFiniteLossError, match="made weights non-finite"):
+        module.optimizer_step(0, 0, Overflowing(), None)
+
+
+def test_checkpoint_and_export_refuse_nonfinite_weights(tmp_path):
+    from procpaint.training.run import export_weights
+
+    module = _module()
+    export = tmp_path / "export"
+    export_weights(module, export)
+    good = (export / "model.safetensors").read_bytes()
+    state = {f"model.{k}": v for k, v in module.model.state_dict().items()}
+    module.on_save_checkpoint({"state_dict": state, "global_step": 3})        # finite: accepted
+    with torch.no_grad():
+        next(module.parameters())[0] = math.nan
+    nan_state = {f"model.{k}": v for k, v in module.model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="refusing to write a checkpoint at step 6"):
+        module.on_save_checkpoint({"state_dict": nan_state, "global_step": 6})
+    with pytest.raises(NonFiniteLossError, match="refusing to write a checkpoint"):
+        module.on_save_checkpoint({"state_dict": state, "current_model_state": nan_state, "global_step": 6})
+    with pytest.raises(NonFiniteLossError, match="refusing to write an export"):
+        export_weights(module, export)
+    assert (export / "model.safetensors").read_bytes() == good              # the earlier export stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]         # nothing half-written beside
+
+
+def test_export_interrupted_leaves_no_half_export(tmp_path, monkeypatch):
+    """An export dying mid-write (disk full, kill) never leaves a partial folder under the final name."""
+    import safetensors.torch
+
+    from procpaint.training.run import export_weights
+
+    module = _module()
+
+    def dies(state, path, metadata=None):
+        Path(path).write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies)
+    with pytest.raises(OSError):
+        export_weights(module, tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []             # the temporary folder is cleaned up too
 
 
 def test_data_cache_key_follows_build_knobs_and_vocabulary(monkeypatch):
