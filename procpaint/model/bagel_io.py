@@ -271,10 +271,14 @@ def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json
 
 
 def load_bagel(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a BAGEL-format directory's language model and generation glue into ``model`` (in place)."""
+    """Load a BAGEL-format directory's language model and generation glue into ``model`` (in place),
+    and its ``ae.safetensors`` into a VAE codec that has no ``model.vae_path`` of its own."""
     path = check_bagel_dir(path)
     check_llm_config(model.cfg, read_llm_config(path), str(path / "llm_config.json"))
     skipped = load_bagel_state_dict(model, read_bagel_weights(path), source=str(path))
+    codec = getattr(model, "codec", None)
+    if getattr(codec, "vae", False) is None and (path / "ae.safetensors").is_file():
+        attach_flux_autoencoder(codec, path / "ae.safetensors")   # a VAE codec without model.vae_path
     if skipped:
         logger.warning("%s: %d understanding-path tensors (%s) skipped: procpaint has no ViT path yet; "
                        "export_bagel(..., template=%s) carries them over", path, len(skipped),
@@ -358,3 +362,16 @@ def load_flux_autoencoder(path: str | Path, **config):
                                f"[{_short(missing, 4)}], {len(unexpected)} unexpected key(s) "
                                f"[{_short(unexpected, 4)}]")
     return vae.requires_grad_(False).eval()
+
+
+def attach_flux_autoencoder(codec, path: str | Path, **config) -> None:
+    """Give an unloaded :class:`~procpaint.model.codecs.VAECodec` the FLUX autoencoder at ``path``
+    (what ``VAECodec`` does for a diffusers directory; FLUX's own file needs the key conversion)."""
+    vae = load_flux_autoencoder(path, **config)
+    c = vae.config
+    downsample = 2 ** (len(c.block_out_channels) - 1)
+    if c.latent_channels != codec.latent_channels or downsample * codec.patch_size != codec.pixels_per_token:
+        raise BagelFormatError(f"{path}: autoencoder has latent_channels={c.latent_channels}, downsample="
+                               f"{downsample}; the model has model.latent_channels={codec.latent_channels}, "
+                               f"model.latent_downsample={codec.pixels_per_token // codec.patch_size}")
+    codec.vae, codec.scale, codec.shift = vae, float(c.scaling_factor), float(c.shift_factor or 0.0)

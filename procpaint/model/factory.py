@@ -45,6 +45,7 @@ def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None) -
         from procpaint.model.bagel_io import load_bagel
 
         load_bagel(model, cfg.init_from)
+        model.codec.to(target)                 # its ae.safetensors, when the codec took it
     return model
 
 

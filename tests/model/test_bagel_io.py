@@ -93,7 +93,7 @@ def bagel_dir(tmp_path):
     save_file(sd, str(d / "ema.safetensors"))
     (d / "llm_config.json").write_text(json.dumps(llm_config()))
     (d / "vit_config.json").write_text(json.dumps({"hidden_size": 24, "patch_size": 14}))
-    (d / "ae.safetensors").write_bytes(b"not really an autoencoder")
+    (d / "tokenizer.json").write_text('{"not": "really a tokenizer"}')
     return d, sd
 
 
@@ -115,7 +115,7 @@ def test_loads_with_every_key_used_and_round_trips_bit_exactly(bagel_dir, tmp_pa
     assert back.keys() == sd.keys()                       # zero missing, zero unexpected, ViT carried
     assert all(torch.equal(back[k], sd[k]) for k in sd)    # bit-exact
     assert (out / "vit_config.json").read_text() == (d / "vit_config.json").read_text()
-    assert (out / "ae.safetensors").read_bytes() == (d / "ae.safetensors").read_bytes()
+    assert (out / "tokenizer.json").read_text() == (d / "tokenizer.json").read_text()
     assert json.loads((out / "llm_config.json").read_text())["layer_module"] == "Qwen2MoTDecoderLayer"
 
     again = build_model(tiny_cfg())
