@@ -59,7 +59,12 @@ GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position",
 # GenEval's own prompt counts per tag (553 in all).
 TAG_COUNTS = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
               "color_attr": 100}
-MIN_CONFIDENCE = 0.3              # GenEval's default detection threshold, on our shape-fit confidence
+# GenEval's evaluate_images.py: a detection is kept when its confidence is above THRESHOLD, above
+# COUNTING_THRESHOLD for the counting tag, at most MAX_OBJECTS per class (no NMS by default).
+THRESHOLD = 0.3
+COUNTING_THRESHOLD = 0.9
+MAX_OBJECTS = 16
+MIN_CONFIDENCE = THRESHOLD        # the old name, kept for callers
 HELDOUT_FRACTION = 0.05           # procpaint.datasets.DataConfig.heldout_fraction
 
 
@@ -207,8 +212,8 @@ def unit_box(shape: str, n: int = 400) -> tuple[float, float, float, float]:
 
 
 def confidence(d: Detection) -> float:
-    """Shape-fit confidence in [0, 1]: 1 - the detector's template mismatch per unit area."""
-    return float(min(max(1.0 - d.score, 0.0), 1.0))
+    """The detector's calibrated confidence in [0, 1] (:func:`procpaint.world.detect.confidence`)."""
+    return float(min(max(d.confidence, 0.0), 1.0))
 
 
 def to_box(d: Detection) -> Box:
@@ -220,15 +225,23 @@ def to_box(d: Detection) -> Box:
 
 
 def detect(image: np.ndarray, detector: Detector | None = None,
-           min_confidence: float = MIN_CONFIDENCE) -> dict[str, list[Box]]:
-    """(H, W, 3) uint8 image -> {class: boxes sorted by confidence, most confident first}."""
+           min_confidence: float | None = None, *, tag: str | None = None,
+           max_objects: int = MAX_OBJECTS) -> dict[str, list[Box]]:
+    """(H, W, 3) uint8 image -> {class: boxes sorted by confidence, most confident first}.
+
+    GenEval's filter: keep detections whose confidence is *above* the threshold -- ``THRESHOLD``
+    (0.3), or ``COUNTING_THRESHOLD`` (0.9) when ``tag`` is ``"counting"`` -- then at most
+    ``max_objects`` (16) per class, most confident first. ``min_confidence`` overrides the threshold.
+    """
     detector = detector or Detector()
+    if min_confidence is None:
+        min_confidence = COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
     found: dict[str, list[Box]] = {}
     for d in detector.detect(image):
         b = to_box(d)
-        if b.confidence >= min_confidence:
+        if b.confidence > min_confidence:
             found.setdefault(b.shape, []).append(b)
-    return {k: sorted(v, key=lambda b: -b.confidence) for k, v in found.items()}
+    return {k: sorted(v, key=lambda b: -b.confidence)[:max_objects] for k, v in found.items()}
 
 
 # ---------------------------------------------------------------- GenEval's rules
