@@ -6,8 +6,8 @@ Key names follow ByteDance-Seed/Bagel (``modeling/bagel/bagel.py``, ``qwen2_navi
     llm_config.json     Qwen2 config of the language model (BAGEL forces qk_norm and the MoT layer)
     vit_config.json     SigLIP config of the understanding ViT
     ema.safetensors     the Bagel module's state dict (or model.safetensors, or shards + *.index.json)
-    ae.safetensors      the FLUX autoencoder (its own key layout; :func:`load_flux_autoencoder`)
-    tokenizer.json ...  the Qwen2 tokenizer
+    ae.safetensors      the FLUX autoencoder (its own key layout; procpaint.model.bagel_assets)
+    tokenizer.json ...  the Qwen2 tokenizer (procpaint.model.bagel_assets.bagel_tokenizer)
 
 Per decoder layer ``i`` and expert (understanding: no suffix, generation: ``_moe_gen``):
 
@@ -47,11 +47,6 @@ LLM = "language_model."
 UND_PREFIXES = ("vit_model.", "connector.", "vit_pos_embed.")   # the ViT understanding path
 POS_KEY = "latent_pos_embed.pos_embed"
 WEIGHT_FILES = ("ema.safetensors", "model.safetensors")
-FLUX_AE_CONFIG = dict(                  # FLUX.1 autoencoder as a diffusers AutoencoderKL
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
-    use_quant_conv=False, use_post_quant_conv=False)
 
 
 class BagelFormatError(ValueError):
@@ -126,14 +121,36 @@ def to_bagel_state_dict(model: nn.Module, *, glue: bool = True) -> dict[str, tor
     return out
 
 
+def _resize_vocab(sd: dict, ours: dict, source: str) -> dict:
+    """Token-embedding and LM-head rows cut or extended to the model's vocabulary (the tokenizer's:
+    Qwen2 pads its embedding to 152064 rows; added tokens may go past a checkpoint's rows, and keep
+    their initialisation)."""
+    sd = dict(sd)
+    for theirs, key in ((LLM + "model.embed_tokens.weight", "embed_tokens.weight"),
+                        (LLM + "lm_head.weight", "output.weight" if "output.weight" in ours else
+                         "embed_tokens.weight")):
+        t, want = sd.get(theirs), ours[key]
+        if t is None or t.shape[1:] != want.shape[1:] or t.shape[0] == want.shape[0]:
+            continue
+        n = min(t.shape[0], want.shape[0])
+        logger.warning("%s: %s has %d rows, the model's vocabulary %d: rows %s", source, theirs,
+                       t.shape[0], want.shape[0], f">= {n} dropped" if t.shape[0] > n else
+                       f"{t.shape[0]}..{want.shape[0] - 1} keep their initialisation")
+        sd[theirs] = torch.cat([t[:n].to(want.dtype), want[n:].detach().cpu()])
+    return sd
+
+
 def load_bagel_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, glue: bool = True,
-                          source: str = "checkpoint") -> list[str]:
+                          resize_vocab: bool = False, source: str = "checkpoint") -> list[str]:
     """Copy BAGEL-named weights ``sd`` into ``model``; every mismatch is one :class:`BagelFormatError`.
 
+    ``resize_vocab``: the vocabulary dimension alone may differ (see :func:`_resize_vocab`).
     Returns the understanding-path keys that were skipped (no ViT path in the model).
     """
     cfg: ModelConfig = model.cfg
     ours = model.state_dict()
+    if resize_vocab:
+        sd = _resize_vocab(sd, ours, source)
     pairs = key_map(cfg, glue=glue)
     expected = {k for _, theirs in pairs for k in theirs}
     missing = sorted(expected - sd.keys())
@@ -249,7 +266,8 @@ def read_bagel_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json") -> None:
+def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json", *,
+                     vocab: bool = True) -> None:
     """Fields that shapes do not reveal (RoPE base, eps) and the dimensions, named per model key."""
     rope = llm.get("rope_theta") or (llm.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     scaling = llm.get("rope_scaling") or {}
@@ -257,7 +275,7 @@ def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json
         raise BagelFormatError(f"{source}: rope_scaling {scaling} is not supported (plain RoPE only)")
     pairs = [("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
              ("num_heads", "num_attention_heads"), ("num_kv_heads", "num_key_value_heads"),
-             ("intermediate_size", "intermediate_size"), ("vocab_size", "vocab_size")]
+             ("intermediate_size", "intermediate_size")] + [("vocab_size", "vocab_size")] * vocab
     bad = [f"model.{ours}={getattr(cfg, ours)} vs {theirs}={llm.get(theirs)}"
            for ours, theirs in pairs if theirs in llm and getattr(cfg, ours) != llm[theirs]]
     if abs(cfg.rope_theta - float(rope)) > 1e-6 * float(rope):
@@ -270,14 +288,20 @@ def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json
         raise BagelFormatError(f"{source} does not match the model config: " + "; ".join(bad))
 
 
-def load_bagel(model: nn.Module, path: str | Path) -> nn.Module:
+def load_bagel(model: nn.Module, path: str | Path, *, resize_vocab: bool = True) -> nn.Module:
     """Load a BAGEL-format directory's language model and generation glue into ``model`` (in place),
-    and its ``ae.safetensors`` into a VAE codec that has no ``model.vae_path`` of its own."""
+    and its ``ae.safetensors`` into a VAE codec that has no ``model.vae_path`` of its own.
+
+    The model's vocabulary is its tokenizer's; ``resize_vocab`` lets the embedding and LM head
+    differ from the checkpoint's in rows only (logged). Every other dimension must match."""
     path = check_bagel_dir(path)
-    check_llm_config(model.cfg, read_llm_config(path), str(path / "llm_config.json"))
-    skipped = load_bagel_state_dict(model, read_bagel_weights(path), source=str(path))
+    check_llm_config(model.cfg, read_llm_config(path), str(path / "llm_config.json"), vocab=not resize_vocab)
+    skipped = load_bagel_state_dict(model, read_bagel_weights(path), resize_vocab=resize_vocab,
+                                    source=str(path))
     codec = getattr(model, "codec", None)
     if getattr(codec, "vae", False) is None and (path / "ae.safetensors").is_file():
+        from procpaint.model.bagel_assets import attach_flux_autoencoder
+
         attach_flux_autoencoder(codec, path / "ae.safetensors")   # a VAE codec without model.vae_path
     if skipped:
         logger.warning("%s: %d understanding-path tensors (%s) skipped: procpaint has no ViT path yet; "
@@ -337,41 +361,3 @@ def export_bagel(model: nn.Module, out: str | Path, *, template: str | Path | No
                   lambda t: t.write_text(json.dumps(bagel_llm_config(model.cfg), indent=2) + "\n"))
     _write_atomic(out / "ema.safetensors", lambda t: save_file(sd, str(t), metadata={"format": "pt"}))
     return out
-
-
-# ------------------------------------------------------------------------------------ codec
-def load_flux_autoencoder(path: str | Path, **config):
-    """FLUX's ``ae.safetensors`` (its original key layout) as a frozen diffusers ``AutoencoderKL``.
-
-    ``config`` overrides :data:`FLUX_AE_CONFIG` (tests build tiny autoencoders)."""
-    try:
-        from diffusers import AutoencoderKL
-        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-        from safetensors.torch import load_file
-    except ImportError as e:
-        raise ImportError("loading ae.safetensors needs diffusers: pip install 'procpaint[bagel]'") from e
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no FLUX autoencoder there (expected ae.safetensors)")
-    vae = AutoencoderKL(**{**FLUX_AE_CONFIG, **config})
-    sd = load_file(str(path))
-    converted = convert_ldm_vae_checkpoint(sd, vae.config)
-    missing, unexpected = vae.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise BagelFormatError(f"{path}: not a FLUX autoencoder: {len(missing)} missing key(s) "
-                               f"[{_short(missing, 4)}], {len(unexpected)} unexpected key(s) "
-                               f"[{_short(unexpected, 4)}]")
-    return vae.requires_grad_(False).eval()
-
-
-def attach_flux_autoencoder(codec, path: str | Path, **config) -> None:
-    """Give an unloaded :class:`~procpaint.model.codecs.VAECodec` the FLUX autoencoder at ``path``
-    (what ``VAECodec`` does for a diffusers directory; FLUX's own file needs the key conversion)."""
-    vae = load_flux_autoencoder(path, **config)
-    c = vae.config
-    downsample = 2 ** (len(c.block_out_channels) - 1)
-    if c.latent_channels != codec.latent_channels or downsample * codec.patch_size != codec.pixels_per_token:
-        raise BagelFormatError(f"{path}: autoencoder has latent_channels={c.latent_channels}, downsample="
-                               f"{downsample}; the model has model.latent_channels={codec.latent_channels}, "
-                               f"model.latent_downsample={codec.pixels_per_token // codec.patch_size}")
-    codec.vae, codec.scale, codec.shift = vae, float(c.scaling_factor), float(c.shift_factor or 0.0)

@@ -205,3 +205,48 @@ def test_bagel_7b_key_count_on_meta():
     keys = to_bagel_state_dict(model).keys()
     assert len(keys) == 28 * 2 * 14 + 4 + 8 + 1
     assert "language_model.model.layers.27.self_attn.q_proj_moe_gen.bias" in keys
+
+
+def test_vocabulary_follows_the_tokenizer(bagel_dir, caplog):
+    d, sd = bagel_dir
+    emb, head = sd["language_model.model.embed_tokens.weight"], sd["language_model.lm_head.weight"]
+    small = build_model(tiny_cfg(vocab_size=V - 7))            # Qwen2 pads its embedding: rows dropped
+    load_bagel(small, d)
+    assert torch.equal(small.embed_tokens.weight, emb[: V - 7])
+    assert torch.equal(small.output.weight, head[: V - 7])
+    big = build_model(tiny_cfg(vocab_size=V + 3))              # added tokens past the checkpoint's rows
+    init = big.embed_tokens.weight[V:].clone()
+    load_bagel(big, d)
+    assert torch.equal(big.embed_tokens.weight[:V], emb) and torch.equal(big.embed_tokens.weight[V:], init)
+    assert "rows >= 43 dropped" in caplog.text
+    with pytest.raises(BagelFormatError, match="vocab_size"):
+        load_bagel(build_model(tiny_cfg(vocab_size=V + 3)), d, resize_vocab=False)
+
+
+def test_qwen2_tokenizer_gets_procpaint_specials(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from procpaint.model.bagel_assets import bagel_tokenizer
+    from procpaint.sequence.tokenizer import TextTokenizer
+
+    tok = Tokenizer(models.BPE())                                   # a byte-level BPE like Qwen2's
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    qwen_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+    tok.train_from_iterator(["a photo of a red circle left of a blue square"] * 4,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=qwen_specials,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    d = tmp_path / "bagel"
+    d.mkdir()
+    tok.save(str(d / "tokenizer.json"))
+    before = tok.get_vocab(with_added_tokens=True)
+    out = bagel_tokenizer(d)
+    text = TextTokenizer(out)                                       # all of procpaint's specials exist
+    assert text.vision_start_id == before["<|vision_start|>"]       # BAGEL's markers keep their ids
+    assert all(out.token_to_id(w) == i for w, i in before.items())
+    assert text.vocab_size == len(before) + 8                       # <pad> <eos> and six tags
+    ids = text.encode("<ins>a red circle</ins>")
+    assert ids[0] == text.tag_ids["<ins>"] and ids[-1] == text.tag_ids["</ins>"]
+    assert text.decode(ids[1:-1]) == "a red circle"
+    with pytest.raises(BagelFormatError, match="no tokenizer.json"):
+        bagel_tokenizer(tmp_path)

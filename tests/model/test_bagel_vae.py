@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from procpaint.model.bagel_io import FLUX_AE_CONFIG, attach_flux_autoencoder, load_flux_autoencoder  # noqa: E402
+from procpaint.model.bagel_assets import FLUX_AE_CONFIG, attach_flux_autoencoder, load_flux_autoencoder  # noqa: E402
 from procpaint.model.codecs import VAECodec, patchify, unpatchify  # noqa: E402
 
 TINY = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
