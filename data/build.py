@@ -1,13 +1,14 @@
 """Build, resume or validate a procpaint dataset directory.
 
     python data/build.py {multiturn,conflict,alignment,all} --out DIR [--preset default|paper|tiny]
-                         [--samples N] [--seed S] [--image-size PX] [--workers K]
+                         [--samples N] [--seed S] [--image-size PX] [--workers K] [--overwrite]
                          [--checkpoint CKPT [--device cpu|cuda]]
     python data/build.py validate DIR
 
 ``--checkpoint`` (a multi-turn .ckpt or export directory) builds the conflict subset from the model's
 own sampled plans (self-sampling, the paper's main variant) instead of perturbed scene-graph plans.
-The format is documented in data/README.md.
+A re-run with the same settings resumes; a subset of DIR built with other settings is kept and the
+build refuses (exit 2) unless ``--overwrite``. The format is documented in data/README.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="device that samples plans with --checkpoint (cpu, cuda)")
     ap.add_argument("--verify-images", type=float, help="share of images re-checked by the detector")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace subsets of --out that were built with other settings")
     args = ap.parse_args(argv)
 
     if args.command == "validate":
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
             cfg = with_samples(cfg, subsets, args.samples)
         t0 = time.perf_counter()
         man = build_dataset(args.out, subsets, cfg, workers=args.workers, progress=not args.quiet,
-                            checkpoint=args.checkpoint, device=args.device)
+                            checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite)
     except (NotImplementedError, ValueError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

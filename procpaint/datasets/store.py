@@ -12,8 +12,9 @@ Layout (data/README.md)::
 Every file goes to a temporary name and is renamed; a shard's images go to a temporary folder that
 is renamed as a whole (one rename per shard instead of one per image). A shard counts as done when
 its JSONL exists;
-a re-run with the same settings skips done shards (resume), with different settings it removes the
-subset's files and rebuilds (restart). Each sample is a pure function of (seed, subset, index) --
+a re-run with the same settings skips done shards (resume); with different settings it refuses to
+touch a subset that holds finished shards unless ``overwrite=True`` (then it removes the subset's files
+and rebuilds). One build at a time per directory: ``DIR/.build.lock`` holds the builder's pid. Each sample is a pure function of (seed, subset, index) --
 self-sampled conflict shards of (seed, shard, checkpoint weights), as the model samples a shard's
 prompts in batches -- and shards are written whole by one worker, so output is byte-identical for
 any ``workers``.
@@ -167,9 +168,83 @@ def dataset_vocabulary() -> list[str]:
     return sorted({*vocabulary(), *knowledge_vocabulary()})
 
 
+class BuildLockedError(RuntimeError):
+    """Another live process is building into the same directory."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                   # exists, owned by someone else
+        return True
+    return True
+
+
+class _BuildLock:
+    """``DIR/.build.lock`` with the holder's pid (O_EXCL create); a lock whose holder died is taken over."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".build.lock"
+
+    def __enter__(self):
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid):
+                    raise BuildLockedError(
+                        f"{self.path.parent} is being built by another process (pid {pid}, lock "
+                        f"{self.path}); wait for it, or remove the lock if that process is gone") from None
+                self.path.unlink(missing_ok=True)            # its holder died: stale
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            return self
+        raise BuildLockedError(f"could not take the build lock {self.path}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _changed(old: dict, new: dict) -> str:
+    """The settings that differ between two subset states, for an error message."""
+    a, b = old.get("config", {}), new.get("config", {})
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    diffs = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:4]] + (["..."] if len(keys) > 4 else [])
+    if old.get("format_version") != new.get("format_version"):
+        diffs.insert(0, f"format_version {old.get('format_version')} -> {new.get('format_version')}")
+    if old.get("checkpoint") != new.get("checkpoint"):
+        diffs.append("checkpoint")
+    return ", ".join(diffs) or "settings"
+
+
+def _worker_init() -> None:
+    """Pool workers die with their parent (Linux): a killed build leaves no orphan writing shards."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                                                                 # not Linux: best effort
+    if os.getppid() == 1:                                                    # parent already gone
+        os._exit(1)
+
+
 def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = None, *, workers: int = 1,
-                  progress: bool = True, checkpoint: str | None = None, device: str = "cpu") -> dict:
+                  progress: bool = True, checkpoint: str | None = None, device: str = "cpu",
+                  overwrite: bool = False) -> dict:
     """Build (or resume) ``subsets`` into ``out`` and return the manifest written last.
+
+    A subset already in ``out`` with other settings and finished shards is a ValueError naming what
+    changed, unless ``overwrite`` (its files are then replaced); a second concurrent build into
+    ``out`` is a :class:`BuildLockedError` naming the first one's pid.
 
     ``checkpoint`` (a multi-turn ``.ckpt`` or export directory, as ``load_generator`` accepts) selects
     self-sampled conflict data (``conflict_source="self"``, sampled on ``device``; see self_sample.py).
@@ -194,10 +269,25 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
             sampler = (str(checkpoint), str(device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with _BuildLock(out):
+        return _build_locked(out, subsets, cfg, workers, progress, sampler, ckpt_sha, overwrite)
+
+
+def _build_locked(out: Path, subsets, cfg: DataConfig, workers: int, progress: bool, sampler, ckpt_sha,
+                  overwrite: bool) -> dict:
     manifest_path = out / "manifest.json"
+    states = {sub: _subset_state(cfg, sub, ckpt_sha) for sub in subsets}
+    for sub, state in states.items():                  # refuse before deleting anything
+        state_path = out / sub / "state.json"
+        if state_path.exists() and not overwrite:
+            old = json.loads(state_path.read_text())
+            if old != state and any((out / sub).glob("shard-*.jsonl")):
+                raise ValueError(f"{out / sub} was built with other settings ({_changed(old, state)}); "
+                                 f"building over it would delete it: pass --overwrite to replace it, or "
+                                 f"build into another --out")
     jobs = []
     for sub in subsets:
-        state = _subset_state(cfg, sub, ckpt_sha)
+        state = states[sub]
         state_path = out / sub / "state.json"
         if state_path.exists() and json.loads(state_path.read_text()) != state:
             manifest_path.unlink(missing_ok=True)              # settings changed: restart cleanly
@@ -217,7 +307,7 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
             from tqdm import tqdm
             bar = tqdm(total=sum(j[4] - j[3] for j in jobs), unit="sample", desc="building")
         if workers > 1:
-            with mp.get_context("fork").Pool(workers) as pool:
+            with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
                 for st in pool.imap_unordered(_build_shard, jobs):
                     bar and bar.update(st["samples"])
         else:

@@ -83,6 +83,8 @@ def check_record(rec, root: Path, tok: TextTokenizer | None) -> list[tuple[str, 
 
 def validate(root: str | Path) -> list[str]:
     root = Path(root)
+    if not root.is_dir():
+        return [f"{root}:0: directory: does not exist" if not root.exists() else f"{root}:0: not a directory"]
     mpath = root / "manifest.json"
     if not mpath.exists():
         return [f"{mpath}:0: manifest: missing (the build did not finish; re-run data/build.py)"]

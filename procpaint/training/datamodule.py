@@ -140,7 +140,7 @@ class ProcPaintDataModule(L.LightningDataModule):
                          conflict_source=d.conflict_source, **knobs, **sizes)
         log.info("building procedural data into %s (once)", out)
         build_dataset(out, subsets=tuple(d.subsets), cfg=cfg, workers=1, progress=True,
-                      checkpoint=d.conflict_ckpt)
+                      checkpoint=d.conflict_ckpt, overwrite=True)      # a cache procpaint owns
 
     def prepare_data(self) -> None:
         """Build the procedural dataset once (rank 0) when no dataset root was given."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -79,8 +80,12 @@ def test_resume_and_restart(tmp_path):
     (tmp_path / "multiturn/shard-00001.jsonl").unlink()
     build_dataset(tmp_path, "multiturn", cfg, progress=False)
     assert _digest(tmp_path) == ref
-    # Different settings -> clean restart, no stale shards.
-    man = build_dataset(tmp_path, "multiturn", replace(cfg, seed=5, multiturn=4), progress=False)
+    # Different settings over finished shards: refused, the dataset untouched ...
+    with pytest.raises(ValueError, match=r"other settings \(multiturn 12 -> 4, seed 0 -> 5\).*--overwrite"):
+        build_dataset(tmp_path, "multiturn", replace(cfg, seed=5, multiturn=4), progress=False)
+    assert _digest(tmp_path) == ref
+    # ... and with overwrite a clean restart, no stale shards.
+    man = build_dataset(tmp_path, "multiturn", replace(cfg, seed=5, multiturn=4), progress=False, overwrite=True)
     assert man["subsets"]["multiturn"]["samples"] == 4
     assert sorted(p.name for p in (tmp_path / "multiturn").glob("shard-*.jsonl")) == ["shard-00000.jsonl"]
 
@@ -150,3 +155,93 @@ def test_built_tokenizer_reads_the_benchmarks(built):
     for m in knowledge.generate_metadata(200, seed=1) + geneval.generate_metadata(
             {t: 20 for t in geneval.GENEVAL_TAGS}, seed=1):
         tok.encode(m["prompt"])
+
+
+def _build_cli(*args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "data/build.py"), *args, "--quiet"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300, **kw)
+
+
+def test_changed_samples_never_deletes_a_finished_dataset(tmp_path):
+    out = tmp_path / "D"
+    assert _build_cli("all", "--out", str(out), "--preset", "tiny", "--samples", "6").returncode == 0
+    ref = _digest(out)
+    res = _build_cli("all", "--out", str(out), "--preset", "tiny", "--samples", "5")
+    assert res.returncode == 2 and "--overwrite" in res.stderr and "Traceback" not in res.stderr
+    assert _digest(out) == ref and validate(out) == []
+    res = _build_cli("all", "--out", str(out), "--preset", "tiny", "--samples", "5", "--overwrite")
+    assert res.returncode == 0 and validate(out) == []
+
+
+def test_second_build_into_one_out_is_refused_naming_the_holder(tmp_path):
+    from procpaint.datasets.store import BuildLockedError
+
+    cfg = preset("tiny", multiturn=4, conflict=0, alignment=0, shard_size=4)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".build.lock").write_text(f"{holder.pid}\n")
+        with pytest.raises(BuildLockedError, match=f"pid {holder.pid}"):
+            build_dataset(tmp_path, "multiturn", cfg, progress=False)
+        assert not (tmp_path / "multiturn").exists()
+        res = _build_cli("multiturn", "--out", str(tmp_path), "--preset", "tiny", "--samples", "4")
+        assert res.returncode == 2 and f"pid {holder.pid}" in res.stderr and "Traceback" not in res.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone: its lock is stale and the next build takes it over (and releases it).
+    build_dataset(tmp_path, "multiturn", cfg, progress=False)
+    assert validate(tmp_path) == [] and not (tmp_path / ".build.lock").exists()
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_pool_workers_die_with_a_killed_build(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "data/build.py"), "multiturn", "--out", str(tmp_path),
+                             "--preset", "tiny", "--samples", "4000", "--workers", "2", "--quiet"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, "the build never started its pool"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    shards = sorted((tmp_path / "multiturn").glob("shard-*.jsonl"))
+    deadline = time.monotonic() + 60
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = [w for w in workers if _alive(w)]
+    for w in orphans:
+        os.kill(w, signal.SIGKILL)
+    assert not orphans, f"pool workers {orphans} outlived their killed parent"
+    # Orphans would have kept taking queued shards: nothing is written after the parent died.
+    assert sorted((tmp_path / "multiturn").glob("shard-*.jsonl")) == shards
+
+
+def test_validate_on_a_missing_directory_says_so(tmp_path):
+    assert validate(tmp_path / "nope") == [f"{tmp_path / 'nope'}:0: directory: does not exist"]
+    res = subprocess.run([sys.executable, str(ROOT / "data/build.py"), "validate", str(tmp_path / "nope")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 1 and "does not exist" in res.stdout and "build did not finish" not in res.stdout
