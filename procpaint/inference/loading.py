@@ -128,7 +128,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model was built for "
                               f"{mcfg.vocab_size}: they do not belong together")
     try:
-        model = build_model(mcfg, device=dev)
+        model = build_model(mcfg, device=dev, load_init=False)   # its own weights follow
     except (FileNotFoundError, ImportError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot build its model: {e}") from e
     # Non-persistent codec state is rebuilt; everything else must match exactly.

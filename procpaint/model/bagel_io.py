@@ -288,16 +288,22 @@ def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json
         raise BagelFormatError(f"{source} does not match the model config: " + "; ".join(bad))
 
 
-def load_bagel(model: nn.Module, path: str | Path, *, resize_vocab: bool = True) -> nn.Module:
+def load_bagel(model: nn.Module, path: str | Path, *, resize_vocab: bool = True, weights: bool = True
+               ) -> nn.Module:
     """Load a BAGEL-format directory's language model and generation glue into ``model`` (in place),
     and its ``ae.safetensors`` into a VAE codec that has no ``model.vae_path`` of its own.
 
     The model's vocabulary is its tokenizer's; ``resize_vocab`` lets the embedding and LM head
-    differ from the checkpoint's in rows only (logged). Every other dimension must match."""
+    differ from the checkpoint's in rows only (logged). Every other dimension must match.
+    ``weights=False``: the autoencoder only.
+    """
     path = check_bagel_dir(path)
-    check_llm_config(model.cfg, read_llm_config(path), str(path / "llm_config.json"), vocab=not resize_vocab)
-    skipped = load_bagel_state_dict(model, read_bagel_weights(path), resize_vocab=resize_vocab,
-                                    source=str(path))
+    skipped = []
+    if weights:
+        check_llm_config(model.cfg, read_llm_config(path), str(path / "llm_config.json"),
+                         vocab=not resize_vocab)
+        skipped = load_bagel_state_dict(model, read_bagel_weights(path), resize_vocab=resize_vocab,
+                                        source=str(path))
     codec = getattr(model, "codec", None)
     if getattr(codec, "vae", False) is None and (path / "ae.safetensors").is_file():
         from procpaint.model.bagel_assets import attach_flux_autoencoder

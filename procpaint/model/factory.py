@@ -20,7 +20,8 @@ from procpaint.model.transformer import ProcPaintModel
 logger = logging.getLogger(__name__)
 
 
-def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None) -> ProcPaintModel:
+def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None, load_init: bool = True
+                ) -> ProcPaintModel:
     """A freshly initialised :class:`ProcPaintModel` on ``device`` (default CPU).
 
     The model is constructed on the meta device and materialised once with
@@ -29,7 +30,8 @@ def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None) -
     weights) is built for real and attached afterwards. ``device="meta"`` allocates nothing (shape
     and parameter-count checks; the VAE is not loaded); FSDP materialises such a model with
     ``to_empty`` then ``init_weights``. ``cfg.init_from`` (a BAGEL-format directory) is loaded
-    after initialisation (:func:`procpaint.model.bagel_io.load_bagel`).
+    after initialisation (:func:`procpaint.model.bagel_io.load_bagel`); ``load_init=False`` takes
+    only its autoencoder (a checkpoint about to load its own, fine-tuned weights).
     """
     target = torch.device(device) if device is not None else torch.device("cpu")
     # Parameter-free stand-in with the right latent_dim: a VAE without a path is an unloaded placeholder.
@@ -44,7 +46,7 @@ def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None) -
     if cfg.init_from:
         from procpaint.model.bagel_io import load_bagel
 
-        load_bagel(model, cfg.init_from)
+        load_bagel(model, cfg.init_from, weights=load_init)
         model.codec.to(target)                 # its ae.safetensors, when the codec took it
     return model
 
