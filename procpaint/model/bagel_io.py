@@ -40,6 +40,7 @@ from torch import nn
 
 from procpaint.model.config import ModelConfig
 from procpaint.model.embeddings import sincos_2d
+from procpaint.model.parallel import copy_into, is_dtensor
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ def _resize_vocab(sd: dict, ours: dict, source: str) -> dict:
         logger.warning("%s: %s has %d rows, the model's vocabulary %d: rows %s", source, theirs,
                        t.shape[0], want.shape[0], f">= {n} dropped" if t.shape[0] > n else
                        f"{t.shape[0]}..{want.shape[0] - 1} keep their initialisation")
+        if is_dtensor(want):               # sharded: every rank gathers the rows it keeps
+            want = want.full_tensor()
         sd[theirs] = torch.cat([t[:n].to(want.dtype), want[n:].detach().cpu()])
     return sd
 
@@ -189,9 +192,8 @@ def load_bagel_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, glue
             problems.append("lm_head differs from embed_tokens but model.tie_word_embeddings=True")
     if problems:
         raise BagelFormatError(f"{source} does not fit the model: " + "; ".join(problems))
-    with torch.no_grad():
-        for key, t in new.items():
-            ours[key].copy_(t)
+    for key, t in new.items():
+        copy_into(ours[key], t)                # a sharded (FSDP) model keeps only its own rows
     return skipped
 
 

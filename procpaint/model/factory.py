@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -20,8 +21,8 @@ from procpaint.model.transformer import ProcPaintModel
 logger = logging.getLogger(__name__)
 
 
-def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None, load_init: bool = True
-                ) -> ProcPaintModel:
+def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None, load_init: bool = True,
+                parallelize: Callable[[ProcPaintModel], object] | None = None) -> ProcPaintModel:
     """A freshly initialised :class:`ProcPaintModel` on ``device`` (default CPU).
 
     The model is constructed on the meta device and materialised once with
@@ -32,16 +33,25 @@ def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None, l
     ``to_empty`` then ``init_weights``. ``cfg.init_from`` (a BAGEL-format directory) is loaded
     after initialisation (:func:`procpaint.model.bagel_io.load_bagel`); ``load_init=False`` takes
     only its autoencoder (a checkpoint about to load its own, fine-tuned weights).
+
+    ``parallelize(model)`` runs on the meta model before anything is allocated (activation
+    checkpointing, compile, :func:`procpaint.model.parallel.apply_fsdp`): a sharded model is then
+    materialised and initialised shard by shard, and ``init_from`` is copied into each rank's shards.
     """
     target = torch.device(device) if device is not None else torch.device("cpu")
     # Parameter-free stand-in with the right latent_dim: a VAE without a path is an unloaded placeholder.
     placeholder = build_codec(dataclasses.replace(cfg, vae_path=None))
     with torch.device("meta"):
         model = ProcPaintModel(cfg, codec=placeholder)
+    if parallelize is not None:
+        parallelize(model)
     if target.type == "meta":
         return model
     model.to_empty(device=target)
-    model.init_weights()
+    if parallelize is not None:
+        _init_shards(model, target)
+    else:
+        model.init_weights()
     model.codec = build_codec(cfg).to(target)
     if cfg.init_from:
         from procpaint.model.bagel_io import load_bagel
@@ -49,6 +59,22 @@ def build_model(cfg: ModelConfig, *, device: torch.device | str | None = None, l
         load_bagel(model, cfg.init_from, weights=load_init)
         model.codec.to(target)                 # its ae.safetensors, when the codec took it
     return model
+
+
+def _init_shards(model: ProcPaintModel, device: torch.device) -> None:
+    """``init_weights`` on a sharded model, each rank drawing from its own seed (the process seed
+    plus the rank). DTensor random ops on a CPU mesh draw every shard from the local generator, so
+    with one seed all shards of a weight would be the same numbers (rows repeating every 1/world);
+    on CUDA, DTensor's RNG tracker takes over and gives each shard its slice of one stream. Same
+    distribution as an unsharded init, not the same numbers (``init_from`` overwrites them anyway)."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(torch.initial_seed() + 1_000_003 * rank)
+        model.init_weights()
 
 
 def num_parameters(model: nn.Module, *, trainable_only: bool = False, exclude_embeddings: bool = False
