@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from procpaint.inference import GenerationConfig, Generator, TrajectoryResult, render_strip
+from procpaint.model.parallel import is_sharded
 from procpaint.sequence.tokenizer import TextTokenizer
+from procpaint.training.sharding import PARAM_DTYPES, unsharded_model
 from procpaint.world import Detector, parse_prompt, prompt_text, satisfies
 from procpaint.world.prompts import heldout_prompts
 
@@ -39,12 +41,14 @@ def judge(result: TrajectoryResult, detector: Detector | None = None) -> bool:
 @torch.no_grad()
 def generate_with(module: L.LightningModule, tokenizer: TextTokenizer, prompts: list[str],
                   config: GenerationConfig, image_size: int) -> list[TrajectoryResult]:
-    """Run generation on the module's model and give it back in the mode it was in."""
-    was_training = module.model.training
+    """Run generation on the module's model (or on ``module`` itself when it is a model, e.g. the
+    gathered copy of an FSDP model) and give it back in the mode it was in."""
+    model = module.model if isinstance(module, L.LightningModule) else module
+    was_training = model.training
     try:
-        return Generator(module.model, tokenizer, image_size=image_size).generate(prompts, config)
+        return Generator(model, tokenizer, image_size=image_size).generate(prompts, config)
     finally:
-        module.model.train(was_training)
+        model.train(was_training)
 
 
 def quick_eval(module: L.LightningModule, tokenizer: TextTokenizer, *, image_size: int, n: int = 24,
@@ -80,13 +84,27 @@ class TrajectoryLogger(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
         step = trainer.global_step
-        if self.every <= 0 or step % self.every or step == self._last or not trainer.is_global_zero:
+        sharded = is_sharded(module.model)        # FSDP: every rank takes part in the gathering
+        if self.every <= 0 or step % self.every or step == self._last:
+            return
+        if not (trainer.is_global_zero or sharded):
             return
         self._last = step
         writer = getattr(trainer.logger, "experiment", None)
         if writer is None or not hasattr(writer, "add_image"):
             return
-        results = generate_with(module, self.tokenizer, self.prompts, self.config, self.image_size)
+        if sharded:      # rank 0 generates on the gathered weights while the others wait
+            model = unsharded_model(module.model, dtype=PARAM_DTYPES.get(str(trainer.precision)))
+            if model is not None:
+                self._log(writer, generate_with(model, self.tokenizer, self.prompts, self.config,
+                                                self.image_size), step)
+            del model
+            trainer.strategy.barrier("trajectory_logger")
+            return
+        self._log(writer, generate_with(module, self.tokenizer, self.prompts, self.config, self.image_size),
+                  step)
+
+    def _log(self, writer, results: list[TrajectoryResult], step: int) -> None:
         right = []
         for i, r in enumerate(results):
             strip = np.asarray(render_strip(r))

@@ -49,7 +49,8 @@ def packed_loss(ce_logits: torch.Tensor, ce_labels: torch.Tensor, v_pred: torch.
     device = v_pred.device
     ce_sum = F.cross_entropy(ce_logits.float(), ce_labels, reduction="sum") if ce_labels.numel() \
         else ce_logits.sum() * 0.0
-    mse_sum = rf_mse(v_pred, clean, noise, reduction="sum") if v_pred.shape[0] \
+    # bf16 autocast / FSDP param dtype give a bf16 v_pred; the loss is taken in float32 like CE.
+    mse_sum = rf_mse(v_pred.float(), clean.float(), noise.float(), reduction="sum") if v_pred.shape[0] \
         else v_pred.sum() * 0.0
     n_ce, world = _global_count(ce_labels.numel(), device)
     n_mse, _ = _global_count(v_pred.shape[0], device)

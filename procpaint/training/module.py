@@ -20,6 +20,7 @@ import torch
 
 from procpaint.config import Config, config_from_dict
 from procpaint.model.config import ModelConfig
+from procpaint.model.parallel import global_grad_norm, local
 from procpaint.sequence.types import PackedBatch
 from procpaint.training.losses import packed_loss
 
@@ -32,8 +33,8 @@ class NonFiniteLossError(RuntimeError):
 
 def nonfinite_tensors(state: dict) -> list[str]:
     """Names of the floating-point tensors of ``state`` (a state dict) holding NaN or inf."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+            and not bool(torch.isfinite(local(v)).all())]      # a sharded tensor: this rank's part
 
 
 def check_finite_weights(state: dict, what: str) -> None:
@@ -63,6 +64,7 @@ class ProcPaintModule(L.LightningModule):
         self.cfg = config if isinstance(config, Config) else config_from_dict(config)
         self.model_cfg = ModelConfig(**model_config)
         self.model: torch.nn.Module | None = None
+        self.ema = None            # ShardedEMA under FSDP (Lightning's EMA callback otherwise)
         self._nonfinite = 0
         self._step_start = None
         self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
@@ -91,6 +93,15 @@ class ProcPaintModule(L.LightningModule):
             return
         from procpaint.model import apply_activation_checkpointing, apply_compile, build_model
 
+        if getattr(self, "_device_mesh", None) is not None:   # FSDP: built on meta, sharded, then filled
+            from procpaint.training.sharding import ShardedEMA, fsdp_parallelize
+
+            self.model = build_model(self.model_cfg, device=self.trainer.strategy.root_device,
+                                     parallelize=fsdp_parallelize(self.cfg, self._device_mesh,
+                                                                  self.trainer.precision))
+            if self.cfg.optim.ema_decay > 0:
+                self.ema = ShardedEMA(self.model, self.cfg.optim.ema_decay)
+            return
         self.model = build_model(self.model_cfg)
         if self.cfg.parallel.activation_checkpointing > 0:
             apply_activation_checkpointing(self.model, every=self.cfg.parallel.activation_checkpointing)
@@ -152,7 +163,7 @@ class ProcPaintModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        norm = torch.stack([g.detach().float().norm() for g in grads]).norm() if grads else torch.zeros(())
+        norm = global_grad_norm(self.parameters())   # over every rank's shards under FSDP
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
         if scaler is not None:       # fp16: the GradScaler skips inf steps and lowers its scale itself
             if grads and torch.isfinite(norm):
@@ -178,12 +189,14 @@ class ProcPaintModule(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # A finite gradient can still overflow a weight: stop before any checkpoint sees it.
-        amax = [p.detach().abs().max().float() for p in self.parameters() if p.numel()]
+        amax = [local(p).detach().abs().max().float() for p in self.parameters() if local(p).numel()]
         if amax and self._any_rank(not torch.isfinite(torch.stack(amax).max())):
             raise NonFiniteLossError(
                 f"the update of step {self.global_step} made weights non-finite "
                 f"({', '.join(nonfinite_tensors(dict(self.named_parameters()))[:3])}); training stopped, "
                 f"the last checkpoint holds the last good weights; lower optim.lr")
+        if self.ema is not None:                 # FSDP's EMA: each rank averages its own shards
+            self.ema.update(self.model)
 
     def configure_optimizers(self):
         o = self.cfg.optim

@@ -18,6 +18,7 @@ from procpaint.config import Config, to_yaml
 from procpaint.training.callbacks import TrajectoryLogger, quick_eval
 from procpaint.training.datamodule import ProcPaintDataModule
 from procpaint.training.module import ProcPaintModule, check_finite_weights
+from procpaint.training.sharding import fsdp_strategy, is_sharded, unsharded_model
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,15 @@ def build_trainer(cfg: Config, *, extra_callbacks=()) -> L.Trainer:
         # A pack without images leaves the generation expert unused in that step, so DDP must
         # look for unused parameters (a small cost) rather than hang waiting for their grads.
         trainer_args["strategy"] = "ddp_find_unused_parameters_true"
+    if trainer_args["strategy"] == "fsdp":
+        # FSDP2 per decoder layer, applied by the module's configure_model (procpaint.training.sharding).
+        trainer_args["strategy"] = fsdp_strategy(trainer_args["devices"], trainer_args["num_nodes"])
     if trainer_args["val_check_interval"] is not None:  # steps; the stream has no epochs to align to
         trainer_args["check_val_every_n_epoch"] = None
     return L.Trainer(logger=logger, callbacks=callbacks, max_epochs=-1, **trainer_args)
 
 
-def export_weights(module: ProcPaintModule, out_dir: Path) -> Path:
+def export_weights(module: ProcPaintModule, out_dir: Path, model: torch.nn.Module | None = None) -> Path:
     """Write model.safetensors + model_config.json + config.yaml + tokenizer.json: everything
     sampling and evaluation need, without Lightning. The export is written whole into a temporary
     folder beside ``out_dir`` and renamed into place, so ``out_dir`` is never a half export; weights
@@ -66,7 +70,8 @@ def export_weights(module: ProcPaintModule, out_dir: Path) -> Path:
 
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    model = model if model is not None else module.model     # FSDP: the gathered copy (unsharded_model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     check_finite_weights(state, f"an export to {out_dir}")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -120,16 +125,23 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     ckpt_cb = trainer.checkpoint_callback
     last = ckpt_cb.last_model_path if ckpt_cb is not None else None
     weights = None
+    sharded = is_sharded(module.model)
+    if sharded and ckpt_cb is not None and trainer.global_step % cfg.logging.checkpoint_every_n_steps:
+        trainer.save_checkpoint(Path(ckpt_cb.dirpath) / "last.ckpt")  # FSDP: every rank writes its shards
+        last = str(Path(ckpt_cb.dirpath) / "last.ckpt")
+    # FSDP: every rank takes part in gathering the (EMA) weights into one plain copy on rank 0.
+    final = unsharded_model(module.model, ema=module.ema) if sharded else module.model
     if trainer.is_global_zero:
-        if ckpt_cb is not None and trainer.global_step % cfg.logging.checkpoint_every_n_steps:
+        if not sharded and ckpt_cb is not None and trainer.global_step % cfg.logging.checkpoint_every_n_steps:
             trainer.save_checkpoint(Path(ckpt_cb.dirpath) / "last.ckpt")  # the final step too
             last = str(Path(ckpt_cb.dirpath) / "last.ckpt")
-        weights = str(export_weights(module, Path(log_dir) / "export"))
+        weights = str(export_weights(module, Path(log_dir) / "export", model=final))
     val = trainer.callback_metrics.get("val/loss")
     evaluation = None
     if trainer.is_global_zero and cfg.logging.final_eval_prompts > 0:
-        # The module holds the EMA weights now (EMAWeightAveraging copies them in at the end).
-        evaluation = quick_eval(module, tokenizer, image_size=cfg.data.image_size,
+        # The module holds the EMA weights now (EMAWeightAveraging copies them in at the end; FSDP:
+        # `final` is the gathered EMA).
+        evaluation = quick_eval(final, tokenizer, image_size=cfg.data.image_size,
                                 n=cfg.logging.final_eval_prompts, num_steps=cfg.logging.sample_steps,
                                 seed=cfg.seed, mode=mode)
         (Path(log_dir) / "quick_eval.json").write_text(json.dumps(evaluation, indent=2))

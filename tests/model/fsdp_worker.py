@@ -72,11 +72,13 @@ def main(out: Path) -> None:
     losses, norms = [], []
     for model in (plain, sharded):
         out_ = model(pack, noise=noise)
-        parts = packed_loss(out_.ce_logits, pack.ce_labels, out_.v_pred, out_.clean, out_.noise, lambda_ce=1.0)
+        parts = packed_loss(out_.ce_logits, pack.ce_labels, out_.v_pred, out_.clean, out_.noise,
+                            lambda_ce=1.0)
         parts.loss.backward()
         losses.append(float(parts.loss))
         norms.append(float(global_grad_norm(model.parameters())))
-    grads = {k: (p.grad.full_tensor() if is_dtensor(p.grad) else p.grad) for k, p in sharded.named_parameters()}
+    grads = {k: (p.grad.full_tensor() if is_dtensor(p.grad) else p.grad)
+             for k, p in sharded.named_parameters()}
     ref_grads = dict((k, p.grad) for k, p in plain.named_parameters())
     grad_err = max(float((grads[k] - ref_grads[k]).abs().max()) for k in ref_grads)
     # One AdamW step on each: the sharded optimizer states give the same weights.
