@@ -233,11 +233,16 @@ def detect(image: np.ndarray, detector: Detector | None = None,
     (0.3), or ``COUNTING_THRESHOLD`` (0.9) when ``tag`` is ``"counting"`` -- then at most
     ``max_objects`` (16) per class, most confident first. ``min_confidence`` overrides the threshold.
     """
-    detector = detector or Detector()
+    return boxes((detector or Detector()).detect(image), min_confidence, tag=tag, max_objects=max_objects)
+
+
+def boxes(detections: list[Detection], min_confidence: float | None = None, *, tag: str | None = None,
+          max_objects: int = MAX_OBJECTS) -> dict[str, list[Box]]:
+    """GenEval's filter on detections already made (see :func:`detect`)."""
     if min_confidence is None:
         min_confidence = COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
     found: dict[str, list[Box]] = {}
-    for d in detector.detect(image):
+    for d in detections:
         b = to_box(d)
         if b.confidence > min_confidence:
             found.setdefault(b.shape, []).append(b)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..world.degrade import degrade
-from ..world.detect import Detector
+from ..world.detect import Detector, state_of
 from ..world.render import Renderer
 from ..world.scene import COLORS, SHAPES, Placed, Spec, State, realize, satisfies
 from . import geneval
@@ -106,11 +106,12 @@ def rule_rejects(judge: str, case: Case, state: State, renderer: Renderer) -> bo
     return not geneval.evaluate(true_boxes(state, renderer, case.seed), case.meta)[0]
 
 
-def verdict(judge: str, image: np.ndarray, case: Case, detector: Detector) -> bool:
-    """Does ``judge`` accept ``image`` as ``case``'s prompt?"""
+def verdict(judge: str, detections: list, case: Case) -> bool:
+    """Does ``judge`` accept an image with ``detections`` (``Detector.detect``) as ``case``'s prompt?
+    The same as ``satisfies(detector.state(image), spec)`` / ``evaluate(geneval.detect(image, ...))``."""
     if judge == "exact":
-        return satisfies(detector.state(image), case.spec)
-    return geneval.evaluate(geneval.detect(image, detector, tag=case.meta["tag"]), case.meta)[0]
+        return satisfies(state_of(detections), case.spec)
+    return geneval.evaluate(geneval.boxes(detections, tag=case.meta["tag"]), case.meta)[0]
 
 
 def rates(case_list: list[Case], renderer: Renderer, degradation: str, detector: Detector,
@@ -118,19 +119,64 @@ def rates(case_list: list[Case], renderer: Renderer, degradation: str, detector:
     """{judge: {"accept": (k, n), "reject": (k, n), "by_kind": {kind: (k, n)}}} on degraded renders."""
     out = {j: {"accept": [0, 0], "reject": [0, 0], "by_kind": {}} for j in judges}
     for c in case_list:
-        img = degrade(renderer.paint(c.state, c.seed), degradation, c.seed)
+        dets = detector.detect(degrade(renderer.paint(c.state, c.seed), degradation, c.seed))
         for j in judges:
-            out[j]["accept"][0] += verdict(j, img, c, detector)
+            out[j]["accept"][0] += verdict(j, dets, c)
             out[j]["accept"][1] += 1
         for kind, e in c.errors:
-            bad = degrade(renderer.paint(e, c.seed), degradation, c.seed)
+            bad = detector.detect(degrade(renderer.paint(e, c.seed), degradation, c.seed))
             for j in judges:
                 if not rule_rejects(j, c, e, renderer):
                     continue
-                rej = not verdict(j, bad, c, detector)
+                rej = not verdict(j, bad, c)
                 out[j]["reject"][0] += rej
                 out[j]["reject"][1] += 1
                 kk = out[j]["by_kind"].setdefault(kind, [0, 0])
                 kk[0] += rej
                 kk[1] += 1
     return out
+
+
+# ---------------------------------------------------------------- things that are not objects
+
+NEGATIVE_KINDS = ("blob", "smudge4", "half")
+
+
+def negative(kind: str, size: int, seed: int) -> np.ndarray:
+    """An (size, size, 3) uint8 image holding one thing that is not a whole object of the world.
+
+    blob:    a Gaussian blob of a palette colour, peak alpha 0.7-1, width 0.5-0.8 of a small
+             object's half-extent (what a generator paints when it has the colour but no shape);
+    smudge4: a 2x2-pixel block of a palette colour (4 pixels);
+    half:    a rendered object with one half (left / right / top / bottom) painted over by background.
+    """
+    from ..world.scene import BACKGROUND, GRID, PALETTE, SIZE_FRACTION
+    rng = np.random.default_rng([seed, 77])
+    cell = size / GRID
+    rgb = np.array(PALETTE[COLORS[int(rng.integers(len(COLORS)))]], np.float64)
+    row, col = int(rng.integers(GRID)), int(rng.integers(GRID))
+    cy, cx = (row + 0.5 + rng.uniform(-0.1, 0.1)) * cell, (col + 0.5 + rng.uniform(-0.1, 0.1)) * cell
+    img = np.empty((size, size, 3), np.float64)
+    img[:] = BACKGROUND
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    if kind == "blob":
+        s = rng.uniform(0.5, 0.8) * SIZE_FRACTION["small"] * cell
+        alpha = rng.uniform(0.7, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    elif kind == "smudge4":
+        alpha = np.zeros((size, size))
+        y, x = int(cy), int(cx)
+        alpha[y: y + 2, x: x + 2] = 1.0
+    elif kind == "half":
+        p = Placed(SHAPES[int(rng.integers(len(SHAPES)))], COLORS[int(rng.integers(len(COLORS)))],
+                   ("small", "large")[int(rng.integers(2))], row, col)
+        r = Renderer(size)
+        out = r.paint(State((p,)), seed).astype(np.float64)
+        ox, oy, _, _ = r.geometry(p, seed)
+        side = int(rng.integers(4))
+        cover = [xx < ox, xx > ox, yy < oy, yy > oy][side]
+        out[cover] = BACKGROUND
+        return np.rint(out).astype(np.uint8)
+    else:
+        raise ValueError(f"unknown negative kind {kind!r}; known: {NEGATIVE_KINDS}")
+    img = img * (1 - alpha[..., None]) + alpha[..., None] * rgb
+    return np.rint(img).astype(np.uint8)

@@ -77,7 +77,7 @@ def summarize(benchmark: str, results: list[dict]) -> dict:
 def score_image(benchmark: str, image: np.ndarray, metadata: dict,
                 detector: Detector) -> tuple[bool, str, dict]:
     """(correct, reason, details: boxes per class) for one image."""
-    found = geneval.detect(image, detector)
+    found = geneval.detect(image, detector, tag=metadata.get("tag"))
     details = {k: [list(map(float, b.box)) for b in v] for k, v in found.items()}
     if benchmark == "knowledge":
         ok, why = knowledge.score_image(image, metadata, detector)
