@@ -82,8 +82,9 @@ def quantiles(v) -> str:
     v = np.asarray(v)
     if not len(v):
         return "(nothing detected) | - | - | -"
+    above, counted = np.mean(v > geneval.THRESHOLD), np.mean(v > geneval.COUNTING_THRESHOLD)
     return (f"{np.percentile(v, 5):.2f} / {np.median(v):.2f} | {v.min():.2f} | "
-            f"{100 * np.mean(v > geneval.THRESHOLD):.0f}% | {100 * np.mean(v > geneval.COUNTING_THRESHOLD):.0f}%")
+            f"{100 * above:.0f}% | {100 * counted:.0f}%")
 
 
 def confidences(size: int, n: int, seed: int, det: Detector) -> list[str]:
@@ -91,7 +92,8 @@ def confidences(size: int, n: int, seed: int, det: Detector) -> list[str]:
     cases = [c for t in TAGS for c in R.cases(t, n, seed=seed + 1)]
     lines = ["| what | detections | p5 / median | min | > 0.3 | > 0.9 |", "|---|---|---|---|---|---|"]
     for d in DEGRADATIONS:
-        conf = [x.confidence for c in cases for x in det.detect(degrade(r.paint(c.state, c.seed), d, c.seed))]
+        imgs = [degrade(r.paint(c.state, c.seed), d, c.seed) for c in cases]
+        conf = [x.confidence for im in imgs for x in det.detect(im)]
         lines.append(f"| true objects, {d} | {len(conf)} | {quantiles(conf)} |")
     for kind in R.NEGATIVE_KINDS:
         for d in ("clean", "down2", "down4"):
@@ -119,11 +121,11 @@ def speed(size: int, det: Detector) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="64,32", help="image sizes, comma-separated; the first is the headline")
+    ap.add_argument("--sizes", default="64,32", help="image sizes, comma-separated; first is the headline")
     ap.add_argument("--n", type=int, default=50, help="prompts per tag")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--degradations", default=",".join(DEGRADATIONS))
-    ap.add_argument("--ablation", action="store_true", help="also: Gaussian-only blur candidates, down2/down4")
+    ap.add_argument("--ablation", action="store_true", help="also: Gaussian-only blur kernels, down2/4")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -152,7 +154,8 @@ def main() -> None:
     md += [f"## Confidence calibration ({sizes[0]} px)", "",
            "True objects must clear 0.9 (GenEval's counting threshold); things that are not objects "
            "should stay below 0.3.", ""] + confidences(sizes[0], max(args.n // 5, 4), args.seed, det) + [""]
-    md += ["## Detector speed (ms / image, best of 3, 1 thread)", "", "| size | clean | down2 |", "|---|---|---|"]
+    md += ["## Detector speed (ms / image, best of 3, 1 thread)", "",
+           "| size | clean | down2 |", "|---|---|---|"]
     md += [speed(s, det) for s in sizes] + [""]
     text = "\n".join(md)
     print(text)

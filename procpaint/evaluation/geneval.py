@@ -16,10 +16,11 @@ Format and rules follow GenEval (Ghosh et al., 2023; github.com/djghosh13/geneva
 * tag score = mean over images; overall = unweighted mean over the six tags.
 
 Classes are the world's six shapes, colours GenEval's ten. Detections come from the world's
-weight-free :class:`~procpaint.world.Detector`; GenEval ranks detections by confidence, which the
-detector lacks, so :func:`confidence` defines one: ``1 - template mismatch`` (the detector's
-shape-fit score, 0 = perfect), clipped to [0, 1]. Clean renders score above 0.8; detections below
-``MIN_CONFIDENCE`` are dropped, like GenEval's detection threshold drops low scores.
+weight-free :class:`~procpaint.world.Detector`, whose confidence is calibrated on renders of known
+scenes (clean and degraded true objects score above 0.9; 4-pixel smudges, blobs and half shapes
+mostly low: benchmarks/results/2026-12-02-judge-robustness-cpu.md). GenEval's filter is mirrored:
+keep detections above ``THRESHOLD`` (0.3), above ``COUNTING_THRESHOLD`` (0.9) for the counting tag,
+at most ``MAX_OBJECTS`` (16) per class, most confident first.
 
 Prompts and the held-out split: the world holds out a hash bucket of canonical prompts
 (:func:`procpaint.world.prompts.is_heldout`, 5% by default) that no training build ever uses, and

@@ -12,16 +12,18 @@
              moments, so noise averages out), area and centroid -- both unchanged by any symmetric,
              normalised blur, so the template's scale and centre do not depend on the blur
           -> shape: every shape's template at that scale and centre, box-filtered per pixel and then
-             blurred by a Gaussian of sigma in SIGMAS; one sigma per image (the degradation is
-             global) minimises the summed best-shape mismatch, and each object takes its best shape
-             at that sigma. A clean render fits at sigma 0 exactly as the templates alone did.
+             passed through each blur candidate (KERNELS: Gaussians, and bilinear down/up-sampling
+             by 2 and 4); one kernel per image (the degradation is global) minimises the summed
+             best-shape mismatch; under blur a small search over scale and centre (REFINE) follows,
+             and each object takes its best shape. A clean render is recognised first (every object
+             fits unblurred templates within CLEAN_FIT) and fits as the templates alone always did.
           -> size from the implied half-extent; cell from the centroid; a confidence (below).
 
-Confidence (what GenEval's thresholds 0.3 / 0.9 act on) multiplies three factors in [0, 1], each
-calibrated on renders of known scenes (benchmarks/bench_judge.py prints the distributions):
-the template fit (mismatch beyond what the image's noise explains), the shape evidence (how much
-better the best shape fits than the runner-up, relative to the object's size) and sharpness (blur
-small against the object's size: a blob as wide as the object is no shape).
+Confidence (what GenEval's thresholds 0.3 / 0.9 act on) multiplies four factors in [0, 1],
+calibrated on renders of known scenes (:func:`confidence`; benchmarks/bench_judge.py prints the
+distributions): the template fit beyond the image's noise, the shape evidence (runner-up shape's
+mismatch minus the best's), sharpness (blur small against the object) and size (a smudge a fraction
+of the world's smallest object is not an object).
 """
 
 from __future__ import annotations
@@ -368,4 +370,5 @@ class Detector:
 
 def state_of(detections: list[Detection]) -> State:
     """Detections as a State (uids in detection order; no relations stated)."""
-    return State(tuple(Placed(d.shape, d.color, d.size, d.row, d.col, uid=i) for i, d in enumerate(detections)))
+    return State(tuple(Placed(d.shape, d.color, d.size, d.row, d.col, uid=i)
+                       for i, d in enumerate(detections)))
