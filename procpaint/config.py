@@ -80,6 +80,10 @@ class DataConfig:
                               f"data.max_tokens ({self.max_tokens})")
         if self.unk not in ("error", "map"):
             raise ConfigError(f"data.unk must be 'error' or 'map', got {self.unk!r}")
+        for key in ("max_tokens", "build_samples", "val_samples", "overflow_buffer", "num_workers"):
+            low = 1 if key in ("max_tokens", "build_samples", "val_samples") else 0
+            if getattr(self, key) < low:
+                raise ConfigError(f"data.{key} must be >= {low}, got {getattr(self, key)}")
 
 
 def _model_group():
@@ -121,6 +125,14 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {self.betas}")
+        if not 0.0 < self.lr < float("inf"):
+            raise ConfigError(f"optim.lr must be a positive number, got {self.lr}")
+        if not all(0.0 <= b < 1.0 for b in self.betas) or not self.eps > 0 or self.weight_decay < 0:
+            raise ConfigError(f"optim.betas must be in [0, 1), optim.eps > 0 and optim.weight_decay >= 0, got "
+                              f"{self.betas}, {self.eps}, {self.weight_decay}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1], got "
+                              f"{self.warmup_steps}, {self.min_lr_ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -130,6 +142,12 @@ class LossConfig:
     lambda_ce: float = 1.0                # loss = lambda_ce * CE + MSE
     timestep_shift: float = 1.0           # training timestep shift s (t' = s t / (1 + (s-1) t))
     max_nonfinite_steps: int = 5          # stop after this many consecutive NaN/inf losses
+
+    def __post_init__(self):
+        if self.max_nonfinite_steps < 1 or not self.timestep_shift > 0 or self.lambda_ce < 0:
+            raise ConfigError(f"loss.max_nonfinite_steps must be >= 1, loss.timestep_shift > 0 and "
+                              f"loss.lambda_ce >= 0, got {self.max_nonfinite_steps}, {self.timestep_shift}, "
+                              f"{self.lambda_ce}")
 
 
 @dataclass
@@ -153,6 +171,17 @@ class TrainerConfig:
     enable_checkpointing: bool = True
     deterministic: bool = False
 
+    def __post_init__(self):
+        # The stream is endless (no epochs), so max_steps is the only end: -1 would never stop.
+        for key in ("max_steps", "num_nodes", "accumulate_grad_batches", "log_every_n_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.val_check_interval is not None and self.val_check_interval < 1:
+            raise ConfigError(f"trainer.val_check_interval must be >= 1 step (or null), got "
+                              f"{self.val_check_interval}")
+        if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
+            raise ConfigError(f"trainer.gradient_clip_val must be > 0 (or null: off), got {self.gradient_clip_val}")
+
 
 @dataclass
 class LoggingConfig:
@@ -165,6 +194,8 @@ class LoggingConfig:
     final_eval_prompts: int = 24                    # held-out prompts judged at the end (0: off)
 
     def __post_init__(self):
+        if self.checkpoint_every_n_steps < 1:
+            raise ConfigError(f"logging.checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
         if self.trajectory_every_n_steps < 0 or self.final_eval_prompts < 0 or self.sample_steps < 2:
             raise ConfigError("logging.trajectory_every_n_steps and logging.final_eval_prompts must be "
                               ">= 0 and logging.sample_steps >= 2")
@@ -196,6 +227,13 @@ class Config:
         if side * side + 4 > self.data.max_tokens:
             raise ConfigError(f"data.max_tokens ({self.data.max_tokens}) is smaller than one image "
                               f"({side * side} latent tokens + markers)")
+        # The smallest sample holds one image (latents + 2 markers) and at least one text token.
+        need = side * side + 3
+        per_sample = self.data.max_tokens_per_sample
+        if per_sample is not None and per_sample < need:
+            raise ConfigError(f"data.max_tokens_per_sample ({per_sample}) cannot hold one image ({side * side} "
+                              f"latent tokens + 2 markers) plus its prompt: every sample would be skipped; "
+                              f"use at least {need} (real samples need several times that) or null")
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         overrides = {f.name: getattr(self.model, f.name) for f in fields(ModelConfig)
@@ -222,6 +260,8 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     base = node.pop("base", None)
     if base is None:
         return node
+    if not (path.parent / str(base)).is_file():
+        raise ConfigError(f"{path}: base: {base!r} not found (looked for {(path.parent / str(base)).resolve()})")
     return OmegaConf.merge(_load_yaml(path.parent / str(base), (*seen, path)), node)
 
 

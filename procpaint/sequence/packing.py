@@ -41,6 +41,11 @@ except Exception:  # noqa: BLE001 - a missing or half-built module must not brea
     _flow_sample_timesteps = None
 
 
+class NothingToPackError(ValueError):
+    """A whole pass over the data gave the packer no sample it can use (all too long or empty):
+    an endless stream would otherwise spin forever without yielding a pack."""
+
+
 class SkippedSamplesWarning(UserWarning):
     """Samples were skipped by the packer (too long for the budget, or empty)."""
 
@@ -177,6 +182,20 @@ class Packer:
                           f"{self.limit}, {self.counters['skipped_empty']} empty)",
                           SkippedSamplesWarning, stacklevel=2)
         return out
+
+    @property
+    def accepted(self) -> int:
+        """Samples taken so far (seen minus skipped)."""
+        c = self.counters
+        return c["samples_seen"] - c["skipped_too_long"] - c["skipped_empty"]
+
+    def nothing_to_pack(self, where: str) -> NothingToPackError:
+        """The error for a pass over ``where`` that gave no usable sample."""
+        c = self.counters
+        return NothingToPackError(
+            f"{where}: nothing to pack: {c['samples_seen']} sample(s) seen, {c['skipped_too_long']} longer "
+            f"than max_tokens_per_sample={self.limit}, {c['skipped_empty']} empty; raise data.max_tokens / "
+            f"data.max_tokens_per_sample or check the data")
 
     def pack_stream(self, samples: Iterable[Sample]) -> Iterator[PackedBatch]:
         """Packs of ``samples`` in order; the buffer is flushed when the iterable ends."""

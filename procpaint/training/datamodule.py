@@ -73,9 +73,16 @@ class PackStream(IterableDataset):
         # Workers yield round-robin, so pack k of the loader is pack k // W of worker k % W.
         skip = self.skip_packs // num_workers + (1 if worker < self.skip_packs % num_workers else 0)
         packer = self._packer(worker)
-        samples = itertools.chain.from_iterable(
-            self._samples(epoch, worker, num_workers) for epoch in itertools.count())
-        packs = packer.pack_stream(samples)
+
+        def passes():       # endless, but a pass that gives the packer nothing is an error, not a spin
+            for epoch in itertools.count():
+                before = packer.accepted
+                yield from self._samples(epoch, worker, num_workers)
+                if packer.accepted == before:
+                    raise packer.nothing_to_pack(f"{self.root} ({self.split} data of rank {self.rank}, "
+                                                 f"worker {worker}, one full pass)")
+
+        packs = packer.pack_stream(passes())
         for i, pack in enumerate(packs):
             if i >= skip:
                 yield pack

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from procpaint.config import Config, to_yaml
+from procpaint.config import Config, ConfigError, to_yaml
 from procpaint.training.callbacks import TrajectoryLogger, quick_eval
 from procpaint.training.datamodule import ProcPaintDataModule
 from procpaint.training.module import ProcPaintModule, check_finite_weights
@@ -97,7 +97,33 @@ def export_weights(module: ProcPaintModule, out_dir: Path, model: torch.nn.Modul
     return out_dir / "model.safetensors"
 
 
+def check_resume(cfg: Config) -> None:
+    """ConfigError, before any data preparation, when ``ckpt_path`` is missing, unreadable (e.g.
+    truncated) or holds a model of another shape than ``cfg`` builds."""
+    if cfg.ckpt_path is None:
+        return
+    path = Path(cfg.ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: checkpoint not found")
+    try:                                           # mmap: only the metadata is read here
+        ck = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        saved = ck["hyper_parameters"]["model_config"]
+        preset = ck["hyper_parameters"]["config"]["model"]["preset"]
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is the same answer
+        raise ConfigError(f"ckpt_path={path}: not a readable procpaint checkpoint (truncated or another "
+                          f"format: {type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    now = asdict(cfg.model_config(vocab_size=saved.get("vocab_size")))
+    derived = {"vocab_size", "latent_mean", "latent_std"}      # measured from the data, not configured
+    diff = [f"{k} {saved[k]!r} vs {now[k]!r}" for k in sorted(set(saved) & set(now) - derived)
+            if saved[k] != now[k]]
+    if diff or preset != cfg.model.preset:
+        raise ConfigError(f"ckpt_path={path} holds a model.preset={preset!r} model, this config builds "
+                          f"model.preset={cfg.model.preset!r} ({', '.join(diff[:4]) or 'same shapes'}): resume "
+                          f"with the config the checkpoint was trained with")
+
+
 def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
+    check_resume(cfg)                               # before any data preparation
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = ProcPaintDataModule(cfg)

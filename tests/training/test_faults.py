@@ -84,3 +84,132 @@ def test_ddp_nan_on_one_rank_stops_both_ranks_cleanly(tmp_path):
     assert "training stopped: 3 consecutive non-finite" in proc.stderr
     ckpts = sorted((tmp_path / "runs").rglob("*.ckpt"))
     assert [p.name for p in ckpts] == ["last.ckpt", "step000003.ckpt"] and all(_finite(p) for p in ckpts)
+
+
+# ----------------------------------------------------------------------------- hangs and resume
+def _tiny_dataset(root: Path) -> Path:
+    from procpaint.datasets import build_dataset, preset
+
+    if not (root / "manifest.json").is_file():
+        build_dataset(root, "all", preset("tiny", multiturn=4, conflict=2, alignment=2, shard_size=4),
+                      progress=False)
+    return root
+
+
+def test_stream_with_nothing_packable_is_an_error_not_a_spin(tmp_path):
+    """Every sample longer than max_tokens_per_sample (multi-turn samples generate an image: two
+    copies of 64 latent tokens): the endless stream raises after one pass
+    (it used to spin forever, ignoring SIGTERM)."""
+    import threading
+
+    from procpaint.sequence.packing import NothingToPackError
+    from procpaint.sequence.tokenizer import TextTokenizer
+    from procpaint.training.datamodule import PackStream
+
+    root = _tiny_dataset(tmp_path.parent / "tiny_ds")
+    cfg = load_config(DEBUG, [f"data.root={root}", "data.max_tokens_per_sample=67",    # one image + 3
+                             "data.p_drop_image=0", "data.p_drop_text=0", "data.subsets=[multiturn]"])
+    stream = PackStream(cfg, root, TextTokenizer(root / "tokenizer.json"), rank=0, world_size=1)
+    outcome = []
+
+    def pull():
+        try:
+            next(iter(stream))
+        except Exception as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    worker = threading.Thread(target=pull, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert outcome, "the stream never ended (spins over data it cannot pack)"
+    assert isinstance(outcome[0], NothingToPackError), outcome
+    assert "nothing to pack: 4 sample(s) seen, 4 longer than max_tokens_per_sample=67" in str(outcome[0])
+
+
+def test_fit_on_unpackable_data_exits_2_with_one_line(tmp_path):
+    root = _tiny_dataset(tmp_path.parent / "tiny_ds")
+    proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG), *_overrides(tmp_path),
+                           f"data.root={root}", "data.max_tokens_per_sample=67", "data.p_drop_image=0",
+                           "data.subsets=[multiturn]", "trainer.max_steps=2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "nothing to pack" in proc.stderr and "Traceback" not in proc.stderr
+
+
+STUCK_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from procpaint.training import datamodule
+
+def stuck(self):            # a stream stuck for ever (as one that never yields a pack was)
+    Path({marker!r}).write_text("stuck")
+    while True:
+        time.sleep(0.05)
+    yield
+
+datamodule.PackStream.__iter__ = stuck
+sys.path.insert(0, {train!r})
+import fit
+sys.exit(fit.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_ends_a_stuck_run(tmp_path):
+    import signal
+    import time
+
+    marker = tmp_path / "stuck"
+    script = tmp_path / "fit_stuck.py"
+    script.write_text(STUCK_SCRIPT.format(root=str(ROOT), train=str(ROOT / "train"), marker=str(marker)))
+    root = _tiny_dataset(tmp_path.parent / "tiny_ds")
+    proc = subprocess.Popen([sys.executable, str(script), "--config", str(DEBUG), *_overrides(tmp_path),
+                             f"data.root={root}", "trainer.max_steps=2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), proc.communicate(timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM did not end the run")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+
+
+@pytest.fixture
+def saved_ckpt(tmp_path):
+    from procpaint.training.module import ProcPaintModule
+
+    module = ProcPaintModule.from_config(load_config(DEBUG), vocab_size=50)
+    path = tmp_path / "debug.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "checkpoint not found"),
+    ("truncated", "not a readable procpaint checkpoint"),
+    ("other_preset", "holds a model.preset='debug' model, this config builds model.preset='small'"),
+])
+def test_bad_resume_is_one_line_before_data_preparation(tmp_path, capsys, saved_ckpt, case, message):
+    import importlib.util
+
+    ckpt = {"missing": tmp_path / "nope.ckpt", "other_preset": saved_ckpt}.get(case)
+    if case == "truncated":
+        ckpt = tmp_path / "cut.ckpt"
+        ckpt.write_bytes(saved_ckpt.read_bytes()[: saved_ckpt.stat().st_size // 2])
+    spec = importlib.util.spec_from_file_location("fit_cli_resume", ROOT / "train" / "fit.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    extra = ["model.preset=small"] if case == "other_preset" else []
+    rc = cli.main(["--config", str(DEBUG), *_overrides(tmp_path), f"ckpt_path={ckpt}", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()                                 # nothing prepared or started
