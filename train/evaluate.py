@@ -129,6 +129,11 @@ def score(folder: Path, metadata_file: Path, limit: int | None, show_progress: b
         raise UsageError(f"--metadata: {exc}") from exc
     if not meta:
         raise UsageError(f"--metadata {metadata_file}: no prompts in the file")
+    if runner.benchmark_of(meta) == "geneval":
+        try:
+            runner.check_geneval_metadata(metadata_file)
+        except ValueError as exc:
+            raise UsageError(f"--metadata {exc}") from exc
     try:
         results = runner.score_dir(folder, meta, limit=limit, show_progress=show_progress)
     except (FileNotFoundError, ValueError) as exc:

@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = read_prompts(args)
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UsageError(f"--out {args.out}: exists and is not a directory")
         cfg = GenerationConfig(mode=args.mode, num_steps=args.steps, seed=args.seed,
                                cfg_text_scale=args.cfg_text, cfg_image_scale=args.cfg_image,
                                temperature=args.temperature, top_p=args.top_p,

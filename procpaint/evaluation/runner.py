@@ -86,6 +86,56 @@ def score_image(benchmark: str, image: np.ndarray, metadata: dict,
     return ok, why, details
 
 
+def _clause_problems(c, k: int, kind: str) -> list[str]:
+    from ..world.scene import COLORS, RELATIONS, SHAPES
+
+    f = f"{kind}[{k}]"
+    if not isinstance(c, dict):
+        return [f"{f}: must be an object with class and count"]
+    out = []
+    if c.get("class") not in SHAPES:
+        out.append(f"{f}.class: {c.get('class')!r} is not one of {list(SHAPES)}")
+    if not isinstance(c.get("count"), int) or isinstance(c.get("count"), bool) or c["count"] < 1:
+        out.append(f"{f}.count: {c.get('count')!r} is not an integer >= 1")
+    if kind == "include" and "color" in c and c["color"] not in COLORS:
+        out.append(f"{f}.color: {c['color']!r} is not one of {list(COLORS)}")
+    if kind == "include" and "position" in c:
+        pos = c["position"]
+        if not (isinstance(pos, list) and len(pos) == 2 and pos[0] in RELATIONS and isinstance(pos[1], int)
+                and 0 <= pos[1] < k):
+            out.append(f"{f}.position: {pos!r} is not [relation, index of an earlier include clause] "
+                       f"(relations {list(RELATIONS)})")
+    return out
+
+
+def check_geneval_metadata(path: Path) -> None:
+    """ValueError listing ``file:line: field: problem`` for every line of a GenEval metadata file that
+    does not follow GenEval's schema: ``tag`` known, ``include`` a non-empty list of clauses with
+    ``class`` and ``count`` (optional ``color``, ``position: [relation, earlier clause]``), optional
+    ``exclude`` clauses. (A line without ``include`` would pass every image: a perfect score.)"""
+    problems = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)                    # read_jsonl has already rejected bad JSON
+        where = f"{path}:{n}"
+        if row.get("tag") not in geneval.GENEVAL_TAGS:
+            problems.append(f"{where}: tag: {row.get('tag')!r} is not one of {list(geneval.GENEVAL_TAGS)}")
+        inc = row.get("include")
+        if not isinstance(inc, list) or not inc:
+            problems.append(f"{where}: include: missing or empty (a non-empty list of clauses)")
+        else:
+            problems += [f"{where}: {p}" for k, c in enumerate(inc) for p in _clause_problems(c, k, "include")]
+        exc = row.get("exclude", [])
+        if not isinstance(exc, list):
+            problems.append(f"{where}: exclude: must be a list of clauses")
+        else:
+            problems += [f"{where}: {p}" for k, c in enumerate(exc) for p in _clause_problems(c, k, "exclude")]
+    if problems:
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError("metadata does not follow GenEval's schema:\n  " + "\n  ".join(problems[:10]) + more)
+
+
 def score_dir(outdir: Path, metadata: list[dict], *, limit: int | None = None,
               detector: Detector | None = None, results_name: str = "results.jsonl",
               show_progress: bool = True) -> list[dict]:
@@ -97,7 +147,11 @@ def score_dir(outdir: Path, metadata: list[dict], *, limit: int | None = None,
         raise FileNotFoundError(f"no images under {outdir} (expected <outdir>/<00000>/samples/<0000>.png)")
     rows = []
     for _i, meta, png in progress(samples, total=len(samples), desc=f"scoring {bench}", enable=show_progress):
-        ok, why, details = score_image(bench, read_image(png), meta, detector)
+        try:
+            image = read_image(png)
+        except (OSError, ValueError) as exc:        # PIL's UnidentifiedImageError is an OSError
+            raise ValueError(f"{png}: not a readable image ({type(exc).__name__}: {exc})") from None
+        ok, why, details = score_image(bench, image, meta, detector)
         rows.append({"filename": str(png), "tag": meta["tag"], "prompt": meta["prompt"], "correct": ok,
                      "reason": why, "metadata": json.dumps(meta), "details": json.dumps(details)})
     write_jsonl(outdir / results_name, rows)

@@ -155,3 +155,41 @@ def test_unreadable_prompts_stop_before_any_image(tmp_path, oracle, monkeypatch)
     fake.encode_prompt = TextTokenizer(build_word_level(dataset_vocabulary())).encode
     cli.evaluate([("new", fake)], tmp_path, modes=("process",), images_per_prompt=1, show_progress=False)
     assert fake.calls > 0
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m.pop("include"), "include: missing or empty"),
+    (lambda m: m.update(include=[]), "include: missing or empty"),
+    (lambda m: m.pop("tag"), "tag: None is not one of"),
+    (lambda m: m["include"][0].update({"class": "zebra"}), "include[0].class: 'zebra'"),
+    (lambda m: m["include"][0].update({"count": "2"}), "include[0].count: '2'"),
+    (lambda m: m["include"][0].update({"color": 7}), "include[0].color: 7"),
+    (lambda m: m["include"][0].update({"position": ["left of", 0]}), "include[0].position"),
+])
+def test_score_rejects_metadata_outside_genevals_schema(tmp_path, oracle, capsys, edit, field):
+    """Metadata without include used to score every image correct (overall 1.0)."""
+    meta = _tiny_geneval(1)
+    imgs = tmp_path / "images"
+    for i, m in enumerate(meta):
+        layout.write_prompt(imgs, i, m)
+        layout.write_image(layout.sample_path(imgs, i, 0), oracle(m, i))
+    edit(meta[2])
+    layout.write_jsonl(tmp_path / "m.jsonl", meta)
+    assert cli.main(["--score", str(imgs), "--metadata", str(tmp_path / "m.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"m.jsonl:3: {field}" in err and "Traceback" not in err
+    assert not (imgs / "results.jsonl").exists()
+
+
+def test_score_random_bytes_png_is_a_clear_error(tmp_path, oracle, capsys):
+    meta = _tiny_geneval(1)
+    imgs = tmp_path / "images"
+    for i, m in enumerate(meta):
+        layout.write_prompt(imgs, i, m)
+        layout.write_image(layout.sample_path(imgs, i, 0), oracle(m, i))
+    bad = layout.sample_path(imgs, 1, 0)
+    bad.write_bytes(bytes(range(256)) * 4)
+    layout.write_jsonl(tmp_path / "m.jsonl", meta)
+    assert cli.main(["--score", str(imgs), "--metadata", str(tmp_path / "m.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not a readable image" in err and "Traceback" not in err

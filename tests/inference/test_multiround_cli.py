@@ -101,7 +101,16 @@ def test_trajectory_logger_logs_refined_trajectories(scripted_gen, monkeypatch):
                                     every_n_steps=1, num_steps=3)
     cb.config = GenerationConfig(num_steps=3)
     trainer = SimpleNamespace(global_step=1, is_global_zero=True, logger=SimpleNamespace(experiment=writer))
-    cb.on_train_batch_end(trainer, None)
+    cb.on_train_batch_end(trainer, SimpleNamespace(model=scripted_gen.gen.model))
     texts = [v for t, v in logged if t == "trajectory/0" and isinstance(v, str)]
     assert texts and "- refine: <refine>" in texts[0]
     assert any(t == "trajectory/detector_accuracy" for t, _ in logged)
+
+
+def test_sample_cli_out_naming_a_file_is_exit_2(tmp_path, capsys):
+    out = tmp_path / "taken.png"
+    out.write_bytes(b"mine")
+    rc = _cli("sample").main(["--ckpt", str(tmp_path / "missing"), "--prompt", "a circle", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "exists and is not a directory" in err and "Traceback" not in err
+    assert out.read_bytes() == b"mine"
