@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from procpaint.sequence.packing import NothingToPackError
+    from procpaint.sequence.plan import RecordError
     from procpaint.training.module import NonFiniteLossError
     from procpaint.training.run import fit
 
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (ConfigError, NothingToPackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RecordError as exc:          # (from a DataLoader worker the message ends with the original)
+        line = [ln for ln in str(exc).splitlines() if ln.strip()][-1].split("RecordError: ")[-1]
+        print(f"data error: {line}; check the dataset with `python data/build.py validate DIR`",
+              file=sys.stderr)
         return 2
     except Terminated as exc:
         print(f"fit.py: stopped by {exc}", file=sys.stderr)

@@ -163,6 +163,10 @@ def _where(sample: Sample, k: int, seg) -> str:
             f"({getattr(seg, 'role', type(seg).__name__)})")
 
 
+class RecordError(ValueError):
+    """A training record the planner cannot turn into tokens (e.g. unknown words), naming file:line."""
+
+
 class SequencePlanner:
     """Turns :class:`Sample` into :class:`SequencePlan` for one tokenizer and latent geometry.
 
@@ -204,7 +208,7 @@ class SequencePlanner:
         try:
             return self.tokenizer.encode(seg.text)
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from e
+            raise RecordError(f"{where}: {e}") from e
 
     def _droppable_text(self, seg) -> bool:
         return isinstance(seg, TextSegment) and seg.role in self.cfg_text_roles

@@ -213,3 +213,24 @@ def test_bad_resume_is_one_line_before_data_preparation(tmp_path, capsys, saved_
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()                                 # nothing prepared or started
+
+
+def test_unknown_word_in_a_training_record_is_one_line_naming_file_and_line(tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(_tiny_dataset(tmp_path.parent / "tiny_ds"), root)
+    shard = root / "multiturn" / "shard-00000.jsonl"
+    lines = shard.read_text().splitlines()
+    rec = json.loads(lines[1])
+    seg = next(s for s in rec["segments"] if s["type"] == "text" and s["role"] == "prompt")
+    seg["text"] = seg["text"] + " zorgly"
+    lines[1] = json.dumps(rec)
+    shard.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG), *_overrides(tmp_path),
+                           f"data.root={root}", "data.subsets=[multiturn]", "trainer.max_steps=2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = [ln for ln in proc.stderr.splitlines() if "zorgly" in ln]
+    assert len(err) == 1 and f"{shard}:2)" in err[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
