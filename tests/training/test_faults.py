@@ -234,3 +234,37 @@ def test_unknown_word_in_a_training_record_is_one_line_naming_file_and_line(tmp_
     assert proc.returncode == 2, proc.stderr[-3000:]
     err = [ln for ln in proc.stderr.splitlines() if "zorgly" in ln]
     assert len(err) == 1 and f"{shard}:2)" in err[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from fsspec.implementations.local import LocalFileOpener
+
+_write = LocalFileOpener.write
+
+def write(self, data):              # step000006.ckpt: half of it, then kill -9
+    if "step000006" in str(self.path):
+        _write(self, data[: len(data) // 2])
+        self.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _write(self, data)
+
+LocalFileOpener.write = write
+sys.path.insert(0, {train!r})
+import fit
+sys.exit(fit.main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    script = tmp_path / "fit_killed.py"
+    script.write_text(KILL_SCRIPT.format(root=str(ROOT), train=str(ROOT / "train")))
+    proc = subprocess.run([sys.executable, str(script), "--config", str(DEBUG), *_overrides(tmp_path),
+                           "trainer.max_steps=9"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    ckpts = {p.name: p for p in (tmp_path / "runs").rglob("*.ckpt")}
+    assert set(ckpts) == {"step000003.ckpt", "last.ckpt"}, sorted(ckpts)        # no torn step000006.ckpt
+    for p in ckpts.values():
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+        assert ck["global_step"] == 3 and _finite(p)
