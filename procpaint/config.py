@@ -86,6 +86,10 @@ class DataConfig:
                 raise ConfigError(f"data.{key} must be >= {low}, got {getattr(self, key)}")
 
 
+# ModelConfig fields measured from the data at build time, never set in a config file.
+DATA_DERIVED = ("vocab_size", "latent_mean", "latent_std")
+
+
 def _model_group():
     """The ``model`` group: a preset name plus optional overrides of any ModelConfig field
     (None = the preset's value). Generated from ModelConfig so the two never drift apart."""
@@ -93,7 +97,7 @@ def _model_group():
 
     optional = ("vae_path", "init_from")          # already `str | None`
     extra = [(f.name, f.type if f.name in optional else f"{f.type} | None", field(default=None))
-             for f in fields(ModelConfig) if f.name != "vocab_size"]
+             for f in fields(ModelConfig) if f.name not in DATA_DERIVED]
     return make_dataclass("ModelGroup", [("preset", str, field(default="small")), *extra])
 
 
@@ -235,11 +239,12 @@ class Config:
                               f"latent tokens + 2 markers) plus its prompt: every sample would be skipped; "
                               f"use at least {need} (real samples need several times that) or null")
 
-    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+    def model_config(self, vocab_size: int | None = None, **measured) -> ModelConfig:
+        """The ModelConfig of this experiment; ``measured``: data-derived fields (latent_mean/std)."""
         overrides = {f.name: getattr(self.model, f.name) for f in fields(ModelConfig)
-                     if f.name != "vocab_size"}
+                     if f.name not in DATA_DERIVED}
         try:
-            return model_config(self.model.preset, vocab_size=vocab_size, **overrides)
+            return model_config(self.model.preset, vocab_size=vocab_size, **overrides, **measured)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 

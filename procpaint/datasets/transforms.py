@@ -1,7 +1,9 @@
 """Sample transforms behind the ablation rows (train/configs/*.yaml, ``data.trajectory`` and
 ``data.self_critique``). Applied while streaming, so one built dataset serves several rows.
 
-- :func:`final_only` — the single-pass baseline: prompt -> the trajectory's final image, EOS.
+- :func:`final_only` — the single-pass baseline: prompt -> the trajectory's final image, noised copy
+  only (BAGEL's text-to-image layout: a clean copy would spend ~half the sample's tokens on nothing
+  but an EOS label, and single-pass inference ends with its image anyway).
 - :func:`without_self_critique` — plan + sketch rounds with no INSPECT critique and no refine: a
   refined round keeps its corrected image in place of the flawed draft.
 """
@@ -14,12 +16,13 @@ from procpaint.sequence.types import ImageSegment, Sample, TextSegment
 
 
 def final_only(sample: Sample) -> Sample | None:
-    """Prompt + last generated image (loss) + EOS; None for samples without a generated image."""
+    """Prompt + last generated image (loss, no clean copy); None for samples without a generated image."""
     prompt = [s for s in sample.segments if isinstance(s, TextSegment) and s.role == "prompt"]
     images = [s for s in sample.segments if isinstance(s, ImageSegment) and s.loss]
     if not prompt or not images:
         return None
-    return replace(sample, segments=[*prompt, images[-1]], eos=True, kind="single_pass")
+    final = replace(images[-1], clean_copy=False)
+    return replace(sample, segments=[*prompt, final], eos=False, kind="single_pass")
 
 
 def without_self_critique(sample: Sample) -> Sample | None:

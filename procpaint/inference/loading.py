@@ -15,6 +15,7 @@ Every problem is a :class:`CheckpointError` naming the file and what is missing 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def _model_config(data: dict, where: str) -> ModelConfig:
     if unknown:
         raise CheckpointError(f"{where}: model config has fields this procpaint does not know: {unknown} "
                               "(written by a newer version?)")
+    if "latent_mean" not in data:
+        # Written before latent statistics existed: such a model was trained on raw latents, which
+        # is exactly what None (identity) gives, so it loads unchanged; say so once.
+        warnings.warn(f"{where}: no latent statistics (a checkpoint from before latent normalisation); "
+                      "latents stay un-normalised, as this model was trained", stacklevel=3)
     try:
         return ModelConfig(**data)
     except (TypeError, ValueError) as e:

@@ -172,6 +172,50 @@ def _flash_layout(split_lens, attn_modes, sample_lens, num_real_tokens):
     return (flags[0] if flags else True), list(sample_lens)
 
 
+SDPA_GROUP_TOKENS = 512
+
+
+def _sdpa_groups(split_lens, attn_modes, sample_lens, device, group_tokens: int = SDPA_GROUP_TOKENS):
+    """Diagonal blocks for the sdpa backend: consecutive samples merged until a block holds
+    ``group_tokens`` tokens (its mask is then block-diagonal over those samples).
+
+    One block per sample would cost O(samples x L) in the backward (every slice of q/k/v gets a
+    full-size gradient buffer): a pack of 120 short single-pass samples spent ~30x its forward
+    there. Groups of ~512 tokens keep the attention work near-linear in L and the slices few.
+    """
+    blocks, group = [], []                     # group: (start, lens, modes) of consecutive samples
+
+    def flush():
+        start = group[0][0]
+        end = group[-1][0] + sum(group[-1][1])
+        lens = [n for _, ls, _ in group for n in ls]
+        modes = [m for _, _, ms in group for m in ms]
+        if len(group) == 1 and all(m == "causal" for m in modes):
+            mask = None                        # one all-causal sample: is_causal, no mask tensor
+        else:
+            mask = _packing().attention_mask(lens, modes, [sum(ls) for _, ls, _ in group], device=device)
+        blocks.append((start, end, start, end, mask))
+        group.clear()
+
+    size = 0
+    for start, lens, modes in _samples(split_lens, attn_modes, sample_lens):
+        if all(m == "causal" for m in modes):  # e.g. the padding tail: its own mask-free block
+            if group:
+                flush()
+            group.append((start, lens, modes))
+            flush()
+            size = 0
+            continue
+        group.append((start, lens, modes))
+        size += sum(lens)
+        if size >= group_tokens:
+            flush()
+            size = 0
+    if group:
+        flush()
+    return blocks
+
+
 def build_attention(backend: str, split_lens: list[int], attn_modes: list[str], sample_lens: list[int],
                     *, device: torch.device | str, dtype: torch.dtype = torch.float32,
                     num_real_tokens: int | None = None) -> AttnContext:
@@ -184,14 +228,7 @@ def build_attention(backend: str, split_lens: list[int], attn_modes: list[str], 
     backend = resolve_backend(backend, device)
     L = sum(sample_lens)
     if backend == "sdpa":
-        blocks = []
-        for start, lens, modes in _samples(split_lens, attn_modes, sample_lens):
-            end = start + sum(lens)
-            mask = None                        # all-causal sample: is_causal, no mask tensor
-            if any(m != "causal" for m in modes):   # the sample's own diagonal block of the rule
-                mask = _packing().attention_mask(lens, modes, [end - start], device=device)
-            blocks.append((start, end, start, end, mask))
-        return AttnContext("sdpa", L, L, blocks=blocks)
+        return AttnContext("sdpa", L, L, blocks=_sdpa_groups(split_lens, attn_modes, sample_lens, device))
     if backend == "flex":
         bm = _packing().block_mask(split_lens, attn_modes, sample_lens, device=device)
         return AttnContext("flex", L, L, block_mask=bm)

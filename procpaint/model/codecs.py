@@ -5,8 +5,15 @@ A codec turns a batch of images (I, 3, H, W) in [-1, 1] into latent tokens (I, h
 ``PackedBatch.latent_patch_ids``), and back. Inside a token the channels run (dy, dx, c) —
 BAGEL's ``patchify`` layout, so its 2x2x16 = 64-channel tokens line up with ours.
 
-- ``pixel``: the latent image *is* the normalised image (latent_channels = 3, no downsampling); a
-  token is a p x p pixel patch, D = 3 p^2. Exact round trip; the default for the procedural world.
+- ``pixel``: the latent image *is* the image (latent_channels = 3, no downsampling), standardised per
+  channel with the training set's statistics; a token is a p x p pixel patch, D = 3 p^2. Exact round
+  trip; the default for the procedural world.
+
+Every codec applies ``ModelConfig.latent_mean`` / ``latent_std`` (per latent channel, measured on
+the training data by :func:`measure_latent_stats` over the training images) when they are set: raw pixels
+of the painting world have std ~0.17 around a background of 0.18, which against unit-variance noise
+acts like a ~6x timestep shift toward noise. The statistics live in the config, so they travel with
+every checkpoint and export; None (old checkpoints) is the identity those were trained with.
 - ``vae``: a diffusers-compatible ``AutoencoderKL`` from a local directory (nothing is downloaded),
   frozen; latents are normalised as ``(z - shift_factor) * scaling_factor`` with the factors from
   the VAE's own config (FLUX: 0.1159 / 0.3611). diffusers is imported only when one is loaded.
@@ -48,6 +55,29 @@ class LatentCodec(nn.Module):
 
     latent_dim: int
     pixels_per_token: int
+    latent_mean: tuple[float, ...] | None = None
+    latent_std: tuple[float, ...] | None = None
+
+    def set_stats(self, mean, std) -> None:
+        """Per-channel standardisation of the latent image (None, None: identity)."""
+        self.latent_mean = None if mean is None else tuple(float(m) for m in mean)
+        self.latent_std = None if std is None else tuple(float(s) for s in std)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """(I, C, Hl, Wl) latent image -> standardised per channel."""
+        if self.latent_mean is None:
+            return z
+        mean = z.new_tensor(self.latent_mean)[:, None, None]
+        std = z.new_tensor(self.latent_std)[:, None, None]
+        return (z - mean) / std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`."""
+        if self.latent_mean is None:
+            return z
+        mean = z.new_tensor(self.latent_mean)[:, None, None]
+        std = z.new_tensor(self.latent_std)[:, None, None]
+        return z * std + mean
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid (h, w) of an image of height x width pixels."""
@@ -76,11 +106,11 @@ class PixelCodec(LatentCodec):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (I, 3, H, W) in [-1, 1] -> (I, h*w, 3 p^2) float32."""
         self.grid(images.shape[-2], images.shape[-1])
-        return patchify(images.to(torch.float32), self.patch_size)
+        return patchify(self.normalize(images.to(torch.float32)), self.patch_size)
 
     def decode(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """tokens (I, h*w, 3 p^2) -> images (I, 3, h p, w p)."""
-        return unpatchify(tokens, h, w, self.patch_size)
+        return self.denormalize(unpatchify(tokens, h, w, self.patch_size))
 
 
 class VAECodec(LatentCodec):
@@ -140,14 +170,36 @@ class VAECodec(LatentCodec):
         dtype = next(vae.parameters()).dtype
         z = vae.encode(images.to(dtype)).latent_dist.mode()                   # (I, C, Hl, Wl)
         z = (z.float() - self.shift) * self.scale
-        return patchify(z, self.patch_size)
+        return patchify(self.normalize(z), self.patch_size)
 
     def decode(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """tokens (I, h*w, C p^2) -> images (I, 3, H, W), roughly in [-1, 1] (not clamped)."""
         vae = self._need()
-        z = unpatchify(tokens.float(), h, w, self.patch_size) / self.scale + self.shift
+        z = self.denormalize(unpatchify(tokens.float(), h, w, self.patch_size)) / self.scale + self.shift
         dtype = next(vae.parameters()).dtype
         return vae.decode(z.to(dtype)).sample.float()
+
+
+@torch.no_grad()
+def measure_latent_stats(codec: LatentCodec, images: torch.Tensor, *, min_std: float = 1e-3
+                         ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of ``codec``'s un-normalised latent image over ``images`` (I, 3, H, W).
+
+    These are what ``ModelConfig.latent_mean`` / ``latent_std`` hold. ``min_std`` keeps a constant
+    channel (a blank dataset) from dividing by zero.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"need a non-empty (I, 3, H, W) batch of images, got {tuple(images.shape)}")
+    saved = codec.latent_mean, codec.latent_std
+    codec.set_stats(None, None)
+    try:
+        tokens = codec.encode(images)                                     # (I, h*w, p*p*C)
+    finally:
+        codec.set_stats(*saved)
+    c = getattr(codec, "latent_channels", 3)
+    z = tokens.reshape(-1, c).double()                                   # channels run last: (dy, dx, c)
+    mean, std = z.mean(0), z.std(0).clamp_min(min_std)
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def build_codec(cfg: ModelConfig) -> LatentCodec:
@@ -157,5 +209,8 @@ def build_codec(cfg: ModelConfig) -> LatentCodec:
             raise ValueError("model.codec='pixel' needs model.latent_channels=3 and "
                              f"model.latent_downsample=1, got {cfg.latent_channels} and "
                              f"{cfg.latent_downsample}")
-        return PixelCodec(cfg.patch_size)
-    return VAECodec(cfg.vae_path, cfg.latent_channels, cfg.latent_downsample, cfg.patch_size)
+        codec = PixelCodec(cfg.patch_size)
+    else:
+        codec = VAECodec(cfg.vae_path, cfg.latent_channels, cfg.latent_downsample, cfg.patch_size)
+    codec.set_stats(cfg.latent_mean, cfg.latent_std)
+    return codec

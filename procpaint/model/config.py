@@ -37,6 +37,11 @@ class ModelConfig:
     sincos_order: str = "row_col"        # 2-D sin-cos halves: "row_col" | "col_row" (MAE / BAGEL table)
     init_from: str | None = None         # BAGEL-format directory whose weights the build loads
                                          # (procpaint.model.bagel_io); shapes must match the preset
+    # Per-channel statistics of the codec's latent image, measured on the training data
+    # (codecs.measure_latent_stats); the codec maps z -> (z - mean) / std so latents meet unit
+    # noise at unit scale. None: identity (what checkpoints without statistics were trained with).
+    latent_mean: tuple[float, ...] | None = None
+    latent_std: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -55,6 +60,19 @@ class ModelConfig:
             raise ValueError(f"model.attn_backend unknown: {self.attn_backend!r}")
         if self.sincos_order not in ("row_col", "col_row"):
             raise ValueError(f"model.sincos_order must be 'row_col' or 'col_row', got {self.sincos_order!r}")
+        for key in ("latent_mean", "latent_std"):
+            v = getattr(self, key)
+            if v is None:
+                continue
+            v = tuple(float(x) for x in v)            # JSON gives lists; keep the config hashable
+            object.__setattr__(self, key, v)
+            if len(v) != self.latent_channels:
+                raise ValueError(f"model.{key} has {len(v)} values, model.latent_channels is "
+                                 f"{self.latent_channels}")
+        if (self.latent_mean is None) != (self.latent_std is None):
+            raise ValueError("model.latent_mean and model.latent_std are set together or not at all")
+        if self.latent_std is not None and not all(s > 0 for s in self.latent_std):
+            raise ValueError(f"model.latent_std must be positive, got {self.latent_std}")
 
     @property
     def head_dim(self) -> int:

@@ -254,8 +254,10 @@ class SequencePlanner:
                     items.append(PlanItem(NOISE, n, loss=True, image=row, grid=(h, w), role=seg.role,
                                           rope_skip=rope_skip))
                     rope_skip = 0
-                items.append(PlanItem(FULL, n, image=row, grid=(h, w), role=seg.role, rope_skip=rope_skip))
-                rope_skip = 0
+                if seg.clean_copy:
+                    items.append(PlanItem(FULL, n, image=row, grid=(h, w), role=seg.role,
+                                          rope_skip=rope_skip))
+                    rope_skip = 0
             else:
                 raise ValueError(f"{where}: unknown segment type {type(seg).__name__}")
         return SequencePlan(items, images, bool(sample.eos), tok.vision_start_id, tok.vision_end_id,
@@ -272,5 +274,5 @@ class SequencePlanner:
             else:
                 h, w = self.grid(seg.image, where)
                 if not (drop_image and self._droppable_image(seg)):
-                    total += (h * w + 2) * (2 if seg.loss else 1)
+                    total += (h * w + 2) * (2 if seg.loss and seg.clean_copy else 1)
         return total

@@ -35,6 +35,14 @@ class ImageSegment:
     image: torch.Tensor       # (3, H, W) float32 in [-1, 1]
     loss: bool = False        # True: generated (noised copy trained with MSE, then its clean copy)
     role: Role = "image"      # False: context only (one clean copy, no loss)
+    clean_copy: bool = True   # False (generated images only): no clean copy after the noised one,
+                              # for an image nothing later reads (single-pass's final image, as in
+                              # BAGEL's text-to-image data); nothing then predicts EOS from it
+
+    def __post_init__(self):
+        if not self.clean_copy and not self.loss:
+            raise ValueError("ImageSegment(clean_copy=False) needs loss=True: a context image is its "
+                             "clean copy")
 
 
 Segment = TextSegment | ImageSegment

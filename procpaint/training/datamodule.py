@@ -178,6 +178,30 @@ class ProcPaintDataModule(L.LightningDataModule):
             self._tokenizer = TextTokenizer(path, unk=self.cfg.data.unk)
         return self._tokenizer
 
+    def latent_stats(self, num_images: int = 512) -> dict:
+        """``{"latent_mean", "latent_std"}`` of the pixel codec over the first ``num_images`` training
+        images (every image role: drafts, contexts, finals), or ``{}`` for codecs that normalise
+        themselves (a VAE's scaling/shift factors). Deterministic: the stream is read unshuffled."""
+        import torch
+
+        from procpaint.datasets import TrajectoryDataset
+        from procpaint.model import build_codec, measure_latent_stats
+
+        mc = self.cfg.model_config(vocab_size=1)
+        if mc.codec != "pixel":
+            return {}
+        ds = TrajectoryDataset(self.root, subsets=self.cfg.data.subsets, image_size=self.cfg.data.image_size,
+                               shuffle=False, seed=self.cfg.seed)
+        images = []
+        for sample in ds:
+            images += [seg.image for seg in sample.segments if hasattr(seg, "image")]
+            if len(images) >= num_images:
+                break
+        if not images:
+            raise RuntimeError(f"no images in the training data {self.root}: cannot measure latent statistics")
+        mean, std = measure_latent_stats(build_codec(mc), torch.stack(images[:num_images]))
+        return {"latent_mean": mean, "latent_std": std}
+
     def setup(self, stage: str | None = None) -> None:
         self.load_tokenizer()
 

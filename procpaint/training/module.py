@@ -82,11 +82,12 @@ class ProcPaintModule(L.LightningModule):
         self.tokenizer_json = checkpoint.get("tokenizer_json", self.tokenizer_json)
 
     @classmethod
-    def from_config(cls, cfg: Config, vocab_size: int) -> ProcPaintModule:
+    def from_config(cls, cfg: Config, vocab_size: int, **measured) -> ProcPaintModule:
+        """``measured``: data-derived ModelConfig fields (``latent_mean``, ``latent_std``)."""
         from omegaconf import OmegaConf
 
         plain = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-        return cls(plain, asdict(cfg.model_config(vocab_size=vocab_size)))
+        return cls(plain, asdict(cfg.model_config(vocab_size=vocab_size, **measured)))
 
     def configure_model(self) -> None:
         if self.model is not None:  # called again on resume / by strategies: build once

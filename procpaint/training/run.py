@@ -135,7 +135,8 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     else:
         datamodule.wait_for_data()
     tokenizer = datamodule.load_tokenizer()
-    module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size)
+    # Latent statistics come from the data (every rank reads the same records, so all agree).
+    module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size, **datamodule.latent_stats())
     module.tokenizer_json = tokenizer.tok.to_str()
     callbacks = list(extra_callbacks)
     # A model trained on final images only (single-pass baseline) is sampled that way.

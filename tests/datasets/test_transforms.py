@@ -28,7 +28,24 @@ def test_final_only_keeps_prompt_and_last_image():
     s = final_only(_trajectory())
     assert [type(x).__name__ for x in s.segments] == ["TextSegment", "ImageSegment"]
     assert s.segments[0].role == "prompt" and s.segments[1].loss
-    assert torch.equal(s.segments[1].image, _img(0.3)) and s.eos and s.kind == "single_pass"
+    assert torch.equal(s.segments[1].image, _img(0.3)) and s.kind == "single_pass"
+    # BAGEL's text-to-image layout: the final image's noised copy only, nothing predicts EOS.
+    assert not s.segments[1].clean_copy and not s.eos
+
+
+def test_final_only_pack_spends_no_tokens_on_a_clean_copy():
+    from procpaint.sequence.plan import SequencePlanner
+    from procpaint.sequence.tokenizer import TextTokenizer, build_word_level
+
+    tok = TextTokenizer(build_word_level("a photo of red circle".split()))
+    planner = SequencePlanner(tok, pixels_per_token=2)
+    sample = final_only(_trajectory())
+    plan = planner.plan(sample)
+    assert [it.mode for it in plan.items] == ["causal", "noise"]
+    assert plan.num_tokens == planner.num_tokens(sample) == 6 + 2 * 2 + 2    # 6 prompt words, a 2x2 grid, markers
+    layout = plan.layout()
+    assert tok.eos_id not in layout.ce_labels.tolist()          # no EOS target without a clean copy
+    assert layout.ce_labels.tolist() == [tok.vision_start_id]  # the modality switch stays supervised
 
 
 def test_without_self_critique_replaces_flawed_draft_by_correction():

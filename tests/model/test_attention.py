@@ -45,6 +45,25 @@ def test_kernel_mask_is_the_design_rule(ref_mask):
     assert ctx.blocks[-1][-1] is None                                       # causal padding: no tensor
 
 
+def test_sdpa_groups_many_small_samples_and_keeps_the_rule(ref_mask):
+    # 60 single-pass-like samples (prompt, noised image) and causal padding: a few diagonal blocks
+    # of ~SDPA_GROUP_TOKENS tokens instead of 61, the mask still exactly the design rule.
+    splits, modes = [], []
+    for i in range(60):
+        splits += [5 + i % 4, 16]
+        modes += ["causal", "noise"]
+    samples = [splits[2 * i] + splits[2 * i + 1] for i in range(60)] + [7]
+    splits.append(7)
+    modes.append("causal")
+    ctx = build_attention("sdpa", splits, modes, samples, device="cpu")
+    assert len(ctx.blocks) < 10
+    assert torch.equal(ctx.dense_mask(), ref_mask(splits, modes, samples))
+    assert ctx.blocks[-1][-1] is None
+    q, k, v = _qkv(sum(splits))
+    torch.testing.assert_close(attend(q, k, v, ctx).double(), _naive(q, k, v, ref_mask(splits, modes, samples)),
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_sdpa_matches_naive_masked_softmax(ref_mask):
     splits, modes, samples = _layout()
     L = sum(splits)

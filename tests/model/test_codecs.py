@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 import torch
 
-from procpaint.model import PixelCodec, VAECodec, build_codec, build_model, model_config
+from procpaint.model import PixelCodec, VAECodec, build_codec, build_model, measure_latent_stats, model_config
 from procpaint.model.codecs import patchify, unpatchify
 
 
@@ -84,3 +84,32 @@ def test_tiny_autoencoder_kl(tmp_path):
     bad = dataclasses.replace(cfg, latent_channels=16)
     with pytest.raises(ValueError, match="latent_channels=4"):
         build_codec(bad)
+
+
+def test_pixel_codec_with_statistics_standardises_and_round_trips():
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(8, 3, 16, 16, generator=g) * 0.4 - 0.6)           # off-centre, small spread
+    images[:, 1] += 0.3                                                     # channels differ
+    codec = PixelCodec(4)
+    mean, std = measure_latent_stats(codec, images)
+    assert codec.latent_mean is None                                        # measuring leaves it alone
+    assert len(mean) == len(std) == 3 and mean[1] > mean[0] + 0.2
+    codec.set_stats(mean, std)
+    tokens = codec.encode(images)
+    z = tokens.reshape(-1, 3)                                               # channels run last
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(codec.decode(tokens, 4, 4), images, atol=1e-6, rtol=0)
+
+
+def test_statistics_in_the_model_config_reach_the_codec_and_are_checked():
+    mc = model_config("debug", vocab_size=64, latent_mean=[0.1, 0.2, 0.3], latent_std=[0.5, 0.5, 0.5])
+    assert mc.latent_mean == (0.1, 0.2, 0.3)                                # JSON lists become tuples
+    codec = build_codec(mc)
+    assert codec.latent_mean == mc.latent_mean and codec.latent_std == mc.latent_std
+    with pytest.raises(ValueError, match="latent_mean has 2 values"):
+        model_config("debug", vocab_size=64, latent_mean=[0.0, 0.0], latent_std=[1.0, 1.0])
+    with pytest.raises(ValueError, match="together"):
+        model_config("debug", vocab_size=64, latent_mean=[0.0] * 3)
+    with pytest.raises(ValueError, match="positive"):
+        model_config("debug", vocab_size=64, latent_mean=[0.0] * 3, latent_std=[1.0, 0.0, 1.0])

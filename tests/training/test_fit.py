@@ -65,6 +65,11 @@ def test_fit_writes_scalars_checkpoints_and_export(debug_run):
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert Path(result.checkpoint).is_file()
     assert Path(result.weights).is_file() and (Path(result.weights).parent / "config.yaml").is_file()
+    # Latent statistics are measured on the training images and travel with the export.
+    import json
+    mc = json.loads((Path(result.weights).parent / "model_config.json").read_text())
+    assert len(mc["latent_mean"]) == len(mc["latent_std"]) == 3
+    assert all(0.01 < s < 1.0 for s in mc["latent_std"]), mc["latent_std"]
 
 
 def test_resume_continues_exactly(tmp_path, debug_run):
