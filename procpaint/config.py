@@ -5,7 +5,7 @@ contradictory setting is a :class:`ConfigError` naming the key and the file. A Y
 with ``base: other.yaml`` (relative to itself) and then hold only its differences.
 
 Top-level groups: seed, data, model, parallel, optim, loss, trainer (``lightning.Trainer``'s own argument
-names), logging; plus ``ckpt_path`` to resume.
+names), logging, sampling; plus ``ckpt_path`` to resume.
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ class DataConfig:
     trajectory: str = "process"           # "process" | "final_only": prompt -> final image (single-pass)
     edit_share: float | None = None       # share of trajectories with an edit-op rewrite (0: no aug)
     refine_share: float | None = None     # per round: flawed draft + critique + <refine> + fix
+    layout: str | None = None             # object placement: "random" | "canonical" (None: random)
     self_critique: bool = True            # False: no INSPECT critiques / refines in trajectories
     conflict_source: str = "symbolic"     # conflict critiques: "symbolic" (scene graph) | "self"
     conflict_ckpt: str | None = None      # multi-turn checkpoint that self-samples conflict plans
 
     def __post_init__(self):
+        if self.layout not in (None, "random", "canonical"):
+            raise ConfigError(f"data.layout must be 'random' or 'canonical' (or null), got {self.layout!r}")
         bad = sorted(set(self.subsets) - {"multiturn", "conflict", "alignment"})
         if bad or not self.subsets:
             raise ConfigError(f"data.subsets: unknown or empty {bad or self.subsets}; "
@@ -85,6 +88,9 @@ class DataConfig:
             if getattr(self, key) < low:
                 raise ConfigError(f"data.{key} must be >= {low}, got {getattr(self, key)}")
 
+
+# The smallest object the world's detector is measured to tell apart (a small object on a 32 px canvas).
+MIN_OBJECT_PX = 5
 
 # ModelConfig fields measured from the data at build time, never set in a config file.
 DATA_DERIVED = ("vocab_size", "latent_mean", "latent_std")
@@ -192,17 +198,47 @@ class LoggingConfig:
     name: str = "procpaint"                         # TensorBoard experiment name under default_root_dir
     checkpoint_every_n_steps: int = 500
     trajectory_every_n_steps: int = 0               # log sampled trajectory strips (0: off)
-    val_prompts: list[str] = field(default_factory=lambda: ["a photo of a red circle",
-                                                            "a photo of a blue square left of a green star"])
-    sample_steps: int = 20                          # flow steps when sampling during/after training
-    final_eval_prompts: int = 24                    # held-out prompts judged at the end (0: off)
+    val_prompts: list[str] = field(default_factory=list)   # TensorBoard trajectory prompts; empty: the
+                                                            # closing eval's first prompt of each tag
+    final_eval_prompts: int = 48                    # held-out GenEval prompts judged at the end, spread
+                                                    # evenly over the six tags (0: off)
 
     def __post_init__(self):
         if self.checkpoint_every_n_steps < 1:
             raise ConfigError(f"logging.checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
-        if self.trajectory_every_n_steps < 0 or self.final_eval_prompts < 0 or self.sample_steps < 2:
-            raise ConfigError("logging.trajectory_every_n_steps and logging.final_eval_prompts must be "
-                              ">= 0 and logging.sample_steps >= 2")
+        if self.trajectory_every_n_steps < 0 or self.final_eval_prompts < 0:
+            raise ConfigError("logging.trajectory_every_n_steps and logging.final_eval_prompts must be >= 0")
+
+
+@dataclass
+class SamplingConfig:
+    """How images are sampled: fit.py's trajectory logging and closing eval, and the defaults
+    ``train/sample.py`` and ``train/evaluate.py`` read from a checkpoint's config.yaml (their flags
+    override). Field meanings: :class:`procpaint.inference.GenerationConfig`."""
+
+    num_steps: int = 20
+    timestep_shift: float = 3.0
+    cfg_text_scale: float = 1.0
+    cfg_image_scale: float = 1.0
+    cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    cfg_renorm: str = "global"
+    cfg_renorm_min: float = 0.0
+
+    def __post_init__(self):
+        try:
+            self.generation_config().validate()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"sampling: {exc}") from exc
+
+    def generation_config(self, **overrides):
+        """A :class:`GenerationConfig` with these settings (``overrides``: mode, seed, ...)."""
+        from procpaint.inference.types import GenerationConfig
+
+        if len(self.cfg_interval) != 2:
+            raise ConfigError(f"sampling.cfg_interval must be [lo, hi], got {list(self.cfg_interval)}")
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["cfg_interval"] = tuple(float(x) for x in d["cfg_interval"])
+        return GenerationConfig(**{**d, **overrides})
 
 
 @dataclass
@@ -215,6 +251,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ckpt_path: str | None = None          # resume from this Lightning checkpoint
 
     def __post_init__(self):
@@ -231,6 +268,7 @@ class Config:
         if side * side + 4 > self.data.max_tokens:
             raise ConfigError(f"data.max_tokens ({self.data.max_tokens}) is smaller than one image "
                               f"({side * side} latent tokens + markers)")
+        self._check_drawable(mc)
         # The smallest sample holds one image (latents + 2 markers) and at least one text token.
         need = side * side + 3
         per_sample = self.data.max_tokens_per_sample
@@ -238,6 +276,29 @@ class Config:
             raise ConfigError(f"data.max_tokens_per_sample ({per_sample}) cannot hold one image ({side * side} "
                               f"latent tokens + 2 markers) plus its prompt: every sample would be skipped; "
                               f"use at least {need} (real samples need several times that) or null")
+
+    def _check_drawable(self, mc: ModelConfig) -> None:
+        """Reject a world the judge cannot separate or a model that cannot draw it (DESIGN.md, lessons)."""
+        if mc.latent_dim > mc.hidden_size:
+            raise ConfigError(
+                f"model.patch_size ({mc.patch_size}) makes latent tokens of {mc.latent_dim} channels, more "
+                f"than model.hidden_size ({mc.hidden_size}): the velocity head (rank <= hidden_size) cannot "
+                f"predict the noise in the other channels, so images stay noisy (measured: the flow loss "
+                f"plateaus near the missing fraction); use a smaller patch_size or a wider model")
+        if self.data.root is not None and self.logging.final_eval_prompts == 0:
+            return                                  # the user's own images, judged elsewhere
+        from procpaint.world.scene import GRID, SIZE_FRACTION
+
+        smallest = self.data.image_size * 2 * SIZE_FRACTION["small"] / GRID      # px across
+        if smallest < MIN_OBJECT_PX:
+            need = int(-(-MIN_OBJECT_PX * GRID // (2 * SIZE_FRACTION["small"])))
+            raise ConfigError(f"data.image_size ({self.data.image_size}) draws a small object {smallest:.1f} "
+                              f"px across: below {MIN_OBJECT_PX} px the detector cannot tell the six shapes "
+                              f"apart (measured down to a 32 px canvas); use data.image_size >= {need}")
+        if smallest < mc.pixels_per_token:
+            raise ConfigError(f"model.patch_size: a small object ({smallest:.1f} px at data.image_size="
+                              f"{self.data.image_size}) is smaller than one latent patch "
+                              f"({mc.pixels_per_token} px): the model cannot draw its shape")
 
     def model_config(self, vocab_size: int | None = None, **measured) -> ModelConfig:
         """The ModelConfig of this experiment; ``measured``: data-derived fields (latent_mean/std)."""

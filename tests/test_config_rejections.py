@@ -31,6 +31,10 @@ def _fit_main():
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
     ("loss.max_nonfinite_steps=0", "loss.max_nonfinite_steps"),
     ("optim.warmup_steps=-1", "optim.warmup_steps"),
+    # a world the judge cannot separate, a model that cannot draw it
+    ("data.image_size=16", "data.image_size (16) draws a small object 2.7 px across"),
+    ("model.patch_size=16", "model.patch_size (16) makes latent tokens of 768 channels"),
+    ("sampling.cfg_interval=[0.5,0.2]", "sampling: cfg_interval"),
 ])
 def test_fit_rejects_at_load_time(tmp_path, capsys, override, message):
     cache = tmp_path / "cache"

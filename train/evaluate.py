@@ -88,14 +88,17 @@ def check_vocabulary(name: str, generator, bench: str, meta: list[dict]) -> None
 
 def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS, modes=MODES,
              images_per_prompt: int = 4, limit: int | None = None, batch_size: int = 4, seed: int = 0,
-             num_steps: int | None = None, show_progress: bool = True) -> list[dict]:
+             sampling=None, show_progress: bool = True) -> list[dict]:
     """Generate + score every (run, mode, benchmark); ``runs`` holds (name, generator) pairs.
+
+    ``sampling``: parsed sampling flags (procpaint.inference.options); unset ones come from each
+    checkpoint's training config.
 
     The generator objects are injected (tests pass fakes); returns the summary rows.
     """
     from procpaint.evaluation import runner, tables
     from procpaint.evaluation.layout import stratified
-    from procpaint.inference.types import GenerationConfig
+    from procpaint.inference.options import generation_config
 
     metas = {b: stratified(metadata_for(b), limit) for b in benchmarks}   # --limit still covers every tag
     for name, generator in runs:                  # every prompt readable before anything runs
@@ -103,9 +106,10 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
             check_vocabulary(name, generator, bench, meta)
     for name, generator in runs:
         for mode in modes:
-            cfg = GenerationConfig(mode=mode, seed=seed)
-            if num_steps is not None:
-                cfg.num_steps = num_steps
+            try:
+                cfg = generation_config(sampling, getattr(generator, "sampling", None), mode=mode, seed=seed)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
             for bench, meta in metas.items():
                 folder = Path(out) / name / mode / bench
                 stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
@@ -157,12 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch-size", type=int, default=4, help="prompts per generate() call")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--num-steps", type=int, help="flow timesteps (default: GenerationConfig's)")
     ap.add_argument("--score", type=Path, help="score the images in this GenEval-layout folder")
     ap.add_argument("--metadata", type=Path, help="evaluation_metadata.jsonl for --score")
     ap.add_argument("--write-metadata", choices=BENCHMARKS, help="write a benchmark's prompt set to --out")
     ap.add_argument("--tables", type=Path, help="rebuild summary.json/md from scored folders under DIR")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    from procpaint.inference.options import add_sampling_args
+
+    add_sampling_args(ap)
     args = ap.parse_args(argv)
     show = not args.quiet
     try:
@@ -206,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                         benchmarks=BENCHMARKS if args.benchmark == "all" else (args.benchmark,),
                         modes=MODES if args.mode == "all" else (args.mode,),
                         images_per_prompt=args.images_per_prompt, limit=args.limit,
-                        batch_size=args.batch_size, seed=args.seed, num_steps=args.num_steps,
-                        show_progress=show)
+                        batch_size=args.batch_size, seed=args.seed, sampling=args, show_progress=show)
         from procpaint.evaluation.tables import markdown
         print(markdown(rows))
         return 0

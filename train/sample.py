@@ -28,6 +28,12 @@ class UsageError(Exception):
     pass
 
 
+def _add_sampling_args(p):
+    from procpaint.inference.options import add_sampling_args
+
+    add_sampling_args(p)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,9 +43,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mode", default="process", choices=("process", "single-pass", "planner"))
     p.add_argument("--out", default="samples", help="output directory (default: samples)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg-text", type=float, default=1.0, help="text CFG scale (1 = off)")
-    p.add_argument("--cfg-image", type=float, default=1.0, help="image CFG scale (1 = off)")
-    p.add_argument("--steps", type=int, default=50, help="flow timesteps (N - 1 Euler steps)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-rounds", type=int, default=5)
@@ -48,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    _add_sampling_args(p)
     return p.parse_args(argv)
 
 
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from procpaint.inference import CheckpointError, GenerationConfig, load_generator
+        from procpaint.inference import CheckpointError, load_generator
+        from procpaint.inference.options import generation_config
         from procpaint.sequence.tokenizer import UnknownWordsError
 
         if args.threads:
@@ -97,16 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise UsageError(f"--out {args.out}: exists and is not a directory")
-        cfg = GenerationConfig(mode=args.mode, num_steps=args.steps, seed=args.seed,
-                               cfg_text_scale=args.cfg_text, cfg_image_scale=args.cfg_image,
-                               temperature=args.temperature, top_p=args.top_p,
-                               max_rounds=args.max_rounds, constrained=not args.unconstrained,
-                               use_cache=not args.no_cache)
-        cfg.validate()
+        fixed = dict(mode=args.mode, seed=args.seed, temperature=args.temperature, top_p=args.top_p,
+                     max_rounds=args.max_rounds, constrained=not args.unconstrained,
+                     use_cache=not args.no_cache)
+        generation_config(args, **fixed)          # bad flags fail before the checkpoint is read
         try:
             gen = load_generator(args.ckpt, args.device)
         except (CheckpointError, RuntimeError, ValueError) as e:
             raise UsageError(str(e)) from e
+        cfg = generation_config(args, getattr(gen, "sampling", None), **fixed)
         bad = []
         for i, p in enumerate(prompts):           # every bad prompt at once, before any work
             try:

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field, replace
 from ..world.prompts import TAGS
 
 FORMAT_VERSION = 1
+# What the procedural builder writes for the same knobs; bump when that changes (caches and
+# resumable builds keyed on it rebuild). 2: a flawed draft is context (loss false), never an MSE target.
+BUILDER_REVISION = 2
 SUBSETS = ("multiturn", "conflict", "alignment")
 SELF_KEYS = ("self_rounds", "self_temperature", "self_attempts", "self_batch")
 
@@ -28,6 +31,8 @@ class DataConfig:
     edit_share: float = 0.35                 # share of trajectories with a rewritten edit step
     refine_share: float = 0.2                # per round: a flawed draft, critique, <refine>, fix
     heldout_fraction: float = 0.05           # prompts reserved for evaluation (never built)
+    layout: str = "random"                   # where objects go: "random" cells or "canonical" (one
+                                             # layout per prompt; procpaint.world.scene.realize)
     verify_images: float = 1.0               # share of rendered images re-checked by the detector
     shard_size: int = 1000                   # records per JSONL shard
     # Composite and counting prompts give the long trajectories (paper: 3.51 images on average).
@@ -53,6 +58,10 @@ class DataConfig:
                 raise ValueError(f"DataConfig.{k} must be >= 0, got {getattr(self, k)}")
         if not 1 <= self.max_images <= 9:
             raise ValueError(f"DataConfig.max_images must be in [1, 9], got {self.max_images}")
+        from ..world.scene import LAYOUTS
+
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"DataConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.shard_size < 1:
             raise ValueError(f"DataConfig.shard_size must be >= 1, got {self.shard_size}")
         unknown = set(self.tag_weights) - set(TAGS)

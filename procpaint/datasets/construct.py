@@ -141,7 +141,7 @@ def trajectory(cfg: DataConfig, rng: np.random.Generator, prng: random.Random,
                refine: bool = True) -> Trajectory:
     tag = draw_tag(cfg, rng)
     spec = sample_split_prompt(rng, tag, cfg.heldout_fraction, heldout=False)
-    final = realize(spec, rng)
+    final = realize(spec, rng, layout=cfg.layout)
     objs, n, budget = list(final.objects), len(final.objects), cfg.max_images
     rel = spec.relations[0] if spec.relations else None   # (uid a, rel, uid b): uids are indices
     order = [int(k) for k in rng.permutation(n)]

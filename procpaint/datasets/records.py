@@ -67,7 +67,9 @@ class _Writer:
     def round(self, rd: Round, loss: bool, rng):
         self.text(rd.plan, "plan", loss)
         crit_drawn, _ = compare_state(rd.state.spec(), rd.drawn)
-        self.image(rd.drawn, loss, (rd.state.spec(), crit_drawn))
+        # Only consistent images are generation targets (the paper keeps trajectories that pass its
+        # consistency filter): a deliberately flawed draft is context for the critique and refine.
+        self.image(rd.drawn, loss and rd.error is None, (rd.state.spec(), crit_drawn))
         self.text(rd.critique, "critique", loss)
         if rd.refine:
             self.text(rd.refine, "refine", loss)

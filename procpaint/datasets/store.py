@@ -38,7 +38,7 @@ from ..sequence.tokenizer import TextTokenizer, build_word_level
 from ..world.grammar import vocabulary
 from ..world.scene import BACKGROUND, COLORS, GRID, SHAPES, SIZES
 from . import self_sample
-from .config import FORMAT_VERSION, SELF_KEYS, SUBSETS, DataConfig
+from .config import BUILDER_REVISION, FORMAT_VERSION, SELF_KEYS, SUBSETS, DataConfig
 from .records import Context, make_record
 
 _CTX: dict = {}
@@ -79,7 +79,8 @@ def _subset_state(cfg: DataConfig, subset: str, ckpt_sha: str | None = None) -> 
     for other in SUBSETS:
         if other != subset:
             d.pop(other)
-    state = {"format_version": FORMAT_VERSION, "subset": subset, "config": d}
+    state = {"format_version": FORMAT_VERSION, "builder_revision": BUILDER_REVISION, "subset": subset,
+             "config": d}
     if _self_sampled(cfg, subset):            # a different checkpoint restarts the subset
         state["checkpoint"] = {"sha256": ckpt_sha}
     else:                                     # self-sampling knobs do not touch these records
@@ -219,6 +220,8 @@ def _changed(old: dict, new: dict) -> str:
     diffs = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:4]] + (["..."] if len(keys) > 4 else [])
     if old.get("format_version") != new.get("format_version"):
         diffs.insert(0, f"format_version {old.get('format_version')} -> {new.get('format_version')}")
+    if old.get("builder_revision") != new.get("builder_revision"):
+        diffs.insert(0, f"builder_revision {old.get('builder_revision')} -> {new.get('builder_revision')}")
     if old.get("checkpoint") != new.get("checkpoint"):
         diffs.append("checkpoint")
     return ", ".join(diffs) or "settings"

@@ -10,7 +10,9 @@ Each prompt is a trajectory that, call after call, is in one phase:
 
 All active trajectories, whatever their phase, share one packed model call per tick (engine.py), so a
 batch mixes trajectories of different lengths; each has its own ``torch.Generator`` seeded with
-``config.seed`` (tokens and noise do not depend on the batch it ran in). Text CFG reads the main
+``config.seed`` and the prompt text (:func:`trajectory_seed`: tokens and noise do not depend on the
+batch it ran in, and different prompts start from different noise, so their errors are
+independent). Text CFG reads the main
 cache up to the last image; image CFG has its own cache rows, forked from the main one when the first
 image is written (before that the two contexts are equal and the conditional velocity is reused).
 """
@@ -18,6 +20,7 @@ image is written (before that the two contexts are equal and the conditional vel
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,9 +70,13 @@ class _Traj:
 class Generator:
     """A loaded model + tokenizer that turns prompts into :class:`TrajectoryResult` s."""
 
-    def __init__(self, model: ProcPaintModel, tokenizer: TextTokenizer, *, image_size: int, source: str = ""):
+    def __init__(self, model: ProcPaintModel, tokenizer: TextTokenizer, *, image_size: int, source: str = "",
+                 sampling: dict | None = None):
         self.model, self.tok, self.source = model.eval(), tokenizer, source
         self.image_size = int(image_size)
+        # The training config's ``sampling`` group (CFG scales, steps, shift): what sample.py and
+        # evaluate.py use unless their flags say otherwise (procpaint.inference.options).
+        self.sampling = dict(sampling or {})
         self.grammars = {c: G.TagGrammar(tokenizer, constrained=c) for c in (True, False)}
 
     @property
@@ -108,6 +115,11 @@ class Generator:
         return run.go(prompts, ids)
 
 
+def trajectory_seed(seed: int, prompt: str) -> int:
+    """The seed of one trajectory's generator: ``seed`` mixed with a stable hash of the prompt."""
+    return (int(seed) * 1_000_003 + zlib.crc32(prompt.encode())) % (1 << 63)
+
+
 class _Run:
     """State of one ``generate`` call."""
 
@@ -122,7 +134,7 @@ class _Run:
     def go(self, prompts: list[str], ids: list[list[int]]) -> list[TrajectoryResult]:
         trajs = []
         for i, (p, t) in enumerate(zip(prompts, ids)):
-            gen = torch.Generator().manual_seed(self.cfg.seed)
+            gen = torch.Generator().manual_seed(trajectory_seed(self.cfg.seed, p))
             tr = _Traj(i, TrajectoryResult(p, self.cfg.mode, seed=self.cfg.seed), gen, list(t))
             if self.cfg.mode == "single-pass":
                 if self.cached:

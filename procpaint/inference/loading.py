@@ -76,7 +76,7 @@ def _tokenizer(source: str, where: str, from_file: bool) -> TextTokenizer:
         raise CheckpointError(f"{where}: unusable tokenizer: {e}") from e
 
 
-def _read_ckpt(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int]:
+def _read_ckpt(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int, dict]:
     try:
         # A Lightning checkpoint holds plain dicts of hyperparameters besides tensors; it is the
         # user's own training output, so the full unpickler is acceptable here.
@@ -93,12 +93,14 @@ def _read_ckpt(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int]:
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if not state:
         raise CheckpointError(f"{path}: state_dict has no 'model.*' weights")
-    image_size = (hp.get("config") or {}).get("data", {}).get("image_size", DEFAULT_IMAGE_SIZE)
+    train_cfg = hp.get("config") or {}
+    image_size = train_cfg.get("data", {}).get("image_size", DEFAULT_IMAGE_SIZE)
     return state, _model_config(dict(hp["model_config"]), str(path)), \
-        _tokenizer(ckpt["tokenizer_json"], str(path), False), int(image_size)
+        _tokenizer(ckpt["tokenizer_json"], str(path), False), int(image_size), \
+        dict(train_cfg.get("sampling") or {})
 
 
-def _read_export(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int]:
+def _read_export(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int, dict]:
     need = ["model.safetensors", "model_config.json", "tokenizer.json"]
     missing = [n for n in need if not (path / n).is_file()]
     if missing:
@@ -114,13 +116,15 @@ def _read_export(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int]:
         mc = json.loads((path / "model_config.json").read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path / 'model_config.json'}: not valid JSON ({e})") from e
-    image_size = DEFAULT_IMAGE_SIZE
+    image_size, sampling = DEFAULT_IMAGE_SIZE, {}
     if (path / "config.yaml").is_file():
         from omegaconf import OmegaConf
 
-        image_size = int(OmegaConf.load(path / "config.yaml").get("data", {}).get("image_size", image_size))
+        train_cfg = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
+        image_size = int(train_cfg.get("data", {}).get("image_size", image_size))
+        sampling = dict(train_cfg.get("sampling") or {})
     return state, _model_config(mc, str(path / "model_config.json")), \
-        _tokenizer(str(path / "tokenizer.json"), str(path / "tokenizer.json"), True), image_size
+        _tokenizer(str(path / "tokenizer.json"), str(path / "tokenizer.json"), True), image_size, sampling
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
@@ -129,7 +133,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    state, mcfg, tok, image_size = _read_export(path) if path.is_dir() else _read_ckpt(path)
+    state, mcfg, tok, image_size, sampling = _read_export(path) if path.is_dir() else _read_ckpt(path)
     if tok.vocab_size != mcfg.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model was built for "
                               f"{mcfg.vocab_size}: they do not belong together")
@@ -148,4 +152,4 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         raise CheckpointError(f"{path}: weights do not fit the model config: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
     model.requires_grad_(False).eval()
-    return Generator(model, tok, image_size=image_size, source=str(path))
+    return Generator(model, tok, image_size=image_size, source=str(path), sampling=sampling)

@@ -92,8 +92,9 @@ class Packer:
         max_tokens: token budget L of every pack.
         max_tokens_per_sample: longer samples are skipped and counted (default and maximum: max_tokens).
         overflow_buffer: samples held back between packs for a better fit (memory: these + one budget).
-        p_drop_text / p_drop_image: CFG dropout, per sample: all prompt segments (roles in
-            ``cfg_text_roles``) are removed together / all context images (ImageSegment loss=False).
+        p_drop_text / p_drop_image: CFG dropout, per sample: the conditioning text of its first
+            generated image (roles in ``cfg_text_roles``; see plan.py) / all context images
+            (ImageSegment loss=False) are removed together.
         timestep_shift: s of the shifted logit-normal timestep distribution.
         max_wait_packs: a sample buffered this many packs goes into the next pack (filled around it);
             default 2 * overflow_buffer + 8, beyond the buffer's normal turnover.
@@ -107,7 +108,7 @@ class Packer:
                  max_tokens_per_sample: int | None = None, overflow_buffer: int = 64,
                  p_drop_text: float = 0.0, p_drop_image: float = 0.0, timestep_shift: float = 1.0,
                  max_wait_packs: int | None = None, pad_to_budget: bool = True,
-                 max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt",),
+                 max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt", "plan"),
                  seed: int = 0):
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")

@@ -22,7 +22,12 @@ no tensors, so its length is known cheaply (the packer needs lengths long before
 * Expert routing: latent tokens -> generation expert; everything else, the vision markers
   included, -> understanding expert (BAGEL routes by packed_vae_token_indexes the same way).
 
-CFG dropout (decided by the packer, applied here so lengths stay exact): a dropped text segment is
+CFG dropout (decided by the packer, applied here so lengths stay exact). Text dropout removes the
+conditioning text of the *first generated image*: the segments before it whose role is in
+``cfg_text_roles`` (default prompt and plan), so the first image is trained with nothing before it --
+exactly the text-unconditional context the generator builds for a single-pass image or a first draft
+(everything since the last image, i.e. everything). A sample that generates no image (conflict,
+alignment) loses its prompt only: its plan is what the critique target is about. A dropped text segment is
 removed entirely and consumes no position id (BAGEL's ``PackedDataset`` does ``continue``); a dropped
 context image is removed but still advances the position id by one (BAGEL: ``curr_rope_id += 1``).
 """
@@ -175,11 +180,12 @@ class SequencePlanner:
         pixels_per_token: image pixels per side of one latent token (ModelConfig.pixels_per_token).
         max_latent_size: optional limit on latent tokens per side (ModelConfig.max_latent_size);
             a larger image is a ValueError naming the sample and segment.
-        cfg_text_roles: roles of text segments that CFG text dropout removes (default: the prompt).
+        cfg_text_roles: roles of the text before the first generated image that CFG text dropout
+            removes (default: prompt and plan; see the module docstring).
     """
 
     def __init__(self, tokenizer: TextTokenizer, pixels_per_token: int, *, max_latent_size: int | None = None,
-                 cfg_text_roles: tuple[str, ...] = ("prompt",)):
+                 cfg_text_roles: tuple[str, ...] = ("prompt", "plan")):
         if pixels_per_token < 1:
             raise ValueError(f"pixels_per_token must be >= 1, got {pixels_per_token}")
         self.tokenizer, self.ppt = tokenizer, int(pixels_per_token)
@@ -210,8 +216,14 @@ class SequencePlanner:
         except ValueError as e:
             raise RecordError(f"{where}: {e}") from e
 
-    def _droppable_text(self, seg) -> bool:
-        return isinstance(seg, TextSegment) and seg.role in self.cfg_text_roles
+    def _text_drops(self, sample: Sample) -> set[int]:
+        """Indexes of the text segments text dropout removes (module docstring, "CFG dropout")."""
+        segs = sample.segments
+        first = next((k for k, s in enumerate(segs) if isinstance(s, ImageSegment) and s.loss), None)
+        if first is None:
+            return {k for k, s in enumerate(segs) if isinstance(s, TextSegment) and s.role == "prompt"}
+        return {k for k in range(first)
+                if isinstance(segs[k], TextSegment) and segs[k].role in self.cfg_text_roles}
 
     @staticmethod
     def _droppable_image(seg) -> bool:
@@ -219,8 +231,7 @@ class SequencePlanner:
 
     def has_droppable(self, sample: Sample) -> tuple[bool, bool]:
         """(has a prompt text to drop, has a context image to drop) for CFG dropout statistics."""
-        return (any(self._droppable_text(s) for s in sample.segments),
-                any(self._droppable_image(s) for s in sample.segments))
+        return (bool(self._text_drops(sample)), any(self._droppable_image(s) for s in sample.segments))
 
     def plan(self, sample: Sample, *, drop_text: bool = False, drop_image: bool = False) -> SequencePlan:
         """The sequence plan of ``sample``; ``drop_text`` / ``drop_image`` apply CFG dropout.
@@ -231,10 +242,11 @@ class SequencePlanner:
         items: list[PlanItem] = []
         images: list[torch.Tensor] = []
         rope_skip = 0
+        dropped = self._text_drops(sample) if drop_text else set()
         for k, seg in enumerate(sample.segments):
             where = _where(sample, k, seg)
             if isinstance(seg, TextSegment):
-                if drop_text and self._droppable_text(seg):
+                if k in dropped:
                     continue
                 ids = self._encode(seg, where)
                 if ids:
@@ -266,10 +278,11 @@ class SequencePlanner:
     def num_tokens(self, sample: Sample, *, drop_text: bool = False, drop_image: bool = False) -> int:
         """Tokens ``sample`` occupies in a pack, without building a plan or any tensor."""
         total = 0
+        dropped = self._text_drops(sample) if drop_text else set()
         for k, seg in enumerate(sample.segments):
             where = _where(sample, k, seg)
             if isinstance(seg, TextSegment):
-                if not (drop_text and self._droppable_text(seg)):
+                if k not in dropped:
                     total += len(self._encode(seg, where))
             else:
                 h, w = self.grid(seg.image, where)

@@ -1,32 +1,32 @@
-"""Training callbacks: sampled trajectories in TensorBoard, and the detector-judged quick evaluation
-that ``train/fit.py`` prints at the end.
+"""Training callbacks: sampled trajectories in TensorBoard, and the quick evaluation that
+``train/fit.py`` prints at the end.
 
 Both run the real Plan -> Sketch -> Inspect -> Refine loop (procpaint.inference) on the module's
-current weights and judge the final image with the world's weight-free detector: a prompt counts as
-right when the detected scene satisfies the prompt's scene graph exactly.
+current weights and judge the final image with the world's weight-free detector: the closing eval
+with GenEval's rules on held-out prompts of all six tags (procpaint.evaluation.quick), the
+trajectory strips exactly (the detected scene satisfies the prompt's scene graph).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 
+from procpaint.evaluation import geneval
+from procpaint.evaluation.quick import contact_sheet, evaluate_model, stratified_metadata
 from procpaint.inference import GenerationConfig, Generator, TrajectoryResult, render_strip
+from procpaint.inference.render import to_uint8
 from procpaint.model.parallel import is_sharded
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.training.sharding import PARAM_DTYPES, unsharded_model
-from procpaint.world import Detector, parse_prompt, prompt_text, satisfies
-from procpaint.world.prompts import heldout_prompts
+from procpaint.world import Detector, parse_prompt, satisfies
 
 log = logging.getLogger(__name__)
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def judge(result: TrajectoryResult, detector: Detector | None = None) -> bool:
@@ -51,24 +51,30 @@ def generate_with(module: L.LightningModule, tokenizer: TextTokenizer, prompts: 
         model.train(was_training)
 
 
-def quick_eval(module: L.LightningModule, tokenizer: TextTokenizer, *, image_size: int, n: int = 24,
-               tags: tuple[str, ...] = ("single_object",), num_steps: int = 20, seed: int = 0,
-               mode: str = "process") -> dict:
-    """Detector-judged accuracy on ``n`` held-out prompts (disjoint from training) per tag."""
-    detector, out = Detector(), {}
-    for tag in tags:
-        # The held-out split of a small tag holds few distinct prompts (single_object: one), so
-        # each of the n draws gets its own seed: repeats are new samples, not copies of one image.
-        prompts = [prompt_text(spec) for _, spec in heldout_prompts(n, seed=seed, tags=(tag,))]
-        results = [r for k, p in enumerate(prompts)
-                   for r in generate_with(module, tokenizer, [p],
-                                          GenerationConfig(mode=mode, num_steps=num_steps, seed=seed + k),
-                                          image_size)]
-        out[tag] = {"accuracy": float(np.mean([judge(r, detector) for r in results])),
-                    "prompts": len(prompts), "distinct_prompts": len(set(prompts)),
-                    "drew_image": float(np.mean([r.final_image is not None for r in results])),
-                    "forward_passes": float(np.mean([r.forward_passes for r in results]))}
-    return out
+def quick_eval(module, tokenizer: TextTokenizer, *, image_size: int, config: GenerationConfig, n: int = 48,
+               seed: int = 0, sheet: str | Path | None = None) -> dict:
+    """GenEval-rule accuracy on ``n`` held-out prompts spread over the six tags (the closing eval of
+    ``train/fit.py``); ``sheet``: also write their contact sheet there (PNG)."""
+    model = module.model if isinstance(module, L.LightningModule) else module
+    metas = stratified_metadata(n, seed=seed)
+    summary, results, verdicts = evaluate_model(model, tokenizer, metas, replace(config, seed=seed),
+                                                image_size=image_size)
+    if sheet is not None:
+        contact_sheet(results, verdicts, sheet)
+    return {"geneval": summary, "prompts": len(metas), "distinct_prompts": len({m["prompt"] for m in metas}),
+            "drew_image": float(np.mean([r.final_image is not None for r in results])),
+            "forward_passes": float(np.mean([r.forward_passes for r in results])),
+            "sampling": {"mode": config.mode, "num_steps": config.num_steps,
+                         "cfg_text_scale": config.cfg_text_scale, "cfg_image_scale": config.cfg_image_scale}}
+
+
+def default_val_prompts(seed: int = 0) -> list[str]:
+    """The TensorBoard trajectory prompts when none are configured: the closing eval's first prompt
+    of each GenEval tag."""
+    seen: dict[str, str] = {}
+    for m in stratified_metadata(len(geneval.GENEVAL_TAGS), seed=seed):
+        seen.setdefault(m["tag"], m["prompt"])
+    return list(seen.values())
 
 
 class TrajectoryLogger(L.Callback):
@@ -76,9 +82,9 @@ class TrajectoryLogger(L.Callback):
     strip (plan text under each draft/refined image), its full text, and the detector's verdict."""
 
     def __init__(self, prompts: list[str], tokenizer: TextTokenizer, *, image_size: int, every_n_steps: int,
-                 num_steps: int = 20, mode: str = "process"):
+                 config: GenerationConfig | None = None):
         self.prompts, self.tokenizer, self.image_size = list(prompts), tokenizer, image_size
-        self.every, self.config = every_n_steps, GenerationConfig(mode=mode, num_steps=num_steps)
+        self.every, self.config = every_n_steps, config or GenerationConfig(num_steps=20)
         self.detector = Detector()
         self._last = -1
 

@@ -115,6 +115,7 @@ class ProcPaintDataModule(L.LightningDataModule):
         if d.root is not None:
             return Path(d.root)
         from procpaint.datasets import FORMAT_VERSION
+        from procpaint.datasets.config import BUILDER_REVISION
         from procpaint.datasets.store import dataset_vocabulary
 
         # What the build depends on: its knobs, the record format and the tokenizer's words (a
@@ -122,8 +123,10 @@ class ProcPaintDataModule(L.LightningDataModule):
         vocab = hashlib.sha1(" ".join(dataset_vocabulary()).encode()).hexdigest()[:10]
         key = json.dumps({"n": d.build_samples, "px": d.image_size, "seed": self.cfg.seed,
                           "subsets": sorted(d.subsets), "edit": d.edit_share, "refine": d.refine_share,
+                          **({"layout": d.layout} if d.layout is not None else {}),
                           "conflict": d.conflict_source, "conflict_ckpt": d.conflict_ckpt,
-                          "format": FORMAT_VERSION, "vocab": vocab}, sort_keys=True)
+                          "format": FORMAT_VERSION, "builder": BUILDER_REVISION,
+                          "vocab": vocab}, sort_keys=True)
         return Path(d.cache_dir) / f"procedural-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
     @property
@@ -142,7 +145,8 @@ class ProcPaintDataModule(L.LightningDataModule):
         sizes = {s: max(1, round(samples * base.size(s) / total)) if s in self.cfg.data.subsets else 0
                  for s in ("multiturn", "conflict", "alignment")}
         d = self.cfg.data
-        knobs = {k: getattr(d, k) for k in ("edit_share", "refine_share") if getattr(d, k) is not None}
+        knobs = {k: getattr(d, k) for k in ("edit_share", "refine_share", "layout")
+                 if getattr(d, k) is not None}
         cfg = DataConfig(seed=seed, image_size=d.image_size, shard_size=max(8, samples // 4),
                          conflict_source=d.conflict_source, **knobs, **sizes)
         log.info("building procedural data into %s (once)", out)
@@ -198,7 +202,8 @@ class ProcPaintDataModule(L.LightningDataModule):
             if len(images) >= num_images:
                 break
         if not images:
-            raise RuntimeError(f"no images in the training data {self.root}: cannot measure latent statistics")
+            raise RuntimeError(f"no images in the training data {self.root}: cannot measure latent "
+                               "statistics")
         mean, std = measure_latent_stats(build_codec(mc), torch.stack(images[:num_images]))
         return {"latent_mean": mean, "latent_std": std}
 

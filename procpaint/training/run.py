@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from procpaint.config import Config, ConfigError, to_yaml
-from procpaint.training.callbacks import TrajectoryLogger, quick_eval
+from procpaint.evaluation.quick import format_summary
+from procpaint.training.callbacks import TrajectoryLogger, default_val_prompts, quick_eval
 from procpaint.training.datamodule import ProcPaintDataModule
 from procpaint.training.module import ProcPaintModule, check_finite_weights
 from procpaint.training.sharding import fsdp_strategy, is_sharded, unsharded_model
@@ -142,9 +143,10 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     # A model trained on final images only (single-pass baseline) is sampled that way.
     mode = "single-pass" if cfg.data.trajectory == "final_only" else "process"
     if cfg.logging.trajectory_every_n_steps > 0:
-        callbacks.append(TrajectoryLogger(cfg.logging.val_prompts, tokenizer, image_size=cfg.data.image_size,
+        prompts = cfg.logging.val_prompts or default_val_prompts(cfg.seed)
+        callbacks.append(TrajectoryLogger(prompts, tokenizer, image_size=cfg.data.image_size,
                                           every_n_steps=cfg.logging.trajectory_every_n_steps,
-                                          num_steps=cfg.logging.sample_steps, mode=mode))
+                                          config=cfg.sampling.generation_config(mode=mode)))
     trainer = build_trainer(cfg, extra_callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
@@ -169,8 +171,9 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
         # The module holds the EMA weights now (EMAWeightAveraging copies them in at the end; FSDP:
         # `final` is the gathered EMA).
         evaluation = quick_eval(final, tokenizer, image_size=cfg.data.image_size,
-                                n=cfg.logging.final_eval_prompts, num_steps=cfg.logging.sample_steps,
-                                seed=cfg.seed, mode=mode)
+                                n=cfg.logging.final_eval_prompts, seed=cfg.seed,
+                                config=cfg.sampling.generation_config(mode=mode),
+                                sheet=Path(log_dir) / "quick_eval.png")
         (Path(log_dir) / "quick_eval.json").write_text(json.dumps(evaluation, indent=2))
     result = FitResult(log_dir=log_dir, checkpoint=last or None, weights=weights,
                        val_loss=float(val) if val is not None else None, evaluation=evaluation)
@@ -180,8 +183,11 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
         print(f"Exported weights : {result.weights}")
         if result.val_loss is not None:
             print(f"Held-out val loss: {result.val_loss:.4f}")
-        for tag, e in (evaluation or {}).items():
-            print(f"Held-out {tag}: exact-scene accuracy {e['accuracy']:.3f} on {e['prompts']} samples of "
-                  f"{e['distinct_prompts']} distinct prompts (drew an image: {e['drew_image']:.2f}, "
-                  f"{e['forward_passes']:.0f} forward passes/prompt)")
+        if evaluation is not None:
+            e = evaluation
+            print(f"Held-out GenEval ({mode}, GenEval rules, {e['prompts']} prompts / "
+                  f"{e['distinct_prompts']} distinct, drew an image: {e['drew_image']:.2f}, "
+                  f"{e['forward_passes']:.0f} forward passes/prompt; contact sheet "
+                  f"{Path(log_dir) / 'quick_eval.png'}):")
+            print(format_summary(e["geneval"]))
     return result

@@ -18,6 +18,7 @@ Matching a state against a spec is exact bookkeeping, which is what makes the ju
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,10 @@ INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "belo
 GRID = 3                            # layout cells per side; at most GRID*GRID objects
 MAX_OBJECTS = GRID * GRID
 SIZE_FRACTION = {"small": 0.25, "large": 0.36}    # half-extent as a fraction of the cell size
+# Layout "canonical": cells in this order of preference (centre, its row, its column, corners), the
+# first assignment that satisfies the relations; a prompt then has one layout instead of up to 9P4.
+CANONICAL_CELLS = ((1, 1), (1, 0), (1, 2), (0, 1), (2, 1), (0, 0), (0, 2), (2, 0), (2, 2))
+LAYOUTS = ("random", "canonical")
 POSITION_THRESHOLD = 0.1            # GenEval: shrink the centre offset by 0.1 x (sum of box extents)
 
 
@@ -227,12 +232,23 @@ def counts(objs) -> Counter:
     return Counter(o.shape for o in objs)
 
 
-def realize(spec: Spec, rng: np.random.Generator, tries: int = 200) -> State:
-    """Fill open attributes at random and place objects in distinct cells obeying the relations."""
+def realize(spec: Spec, rng: np.random.Generator, tries: int = 200, layout: str = "random") -> State:
+    """Fill open attributes at random and place objects in distinct cells obeying the relations:
+    at random (``layout="random"``) or in the first cells of :data:`CANONICAL_CELLS` that obey them
+    (``"canonical"``: the same prompt always gets the same layout)."""
     if len(spec.objects) > MAX_OBJECTS:
         raise ValueError(f"{len(spec.objects)} objects do not fit a {GRID}x{GRID} layout")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     objs = [replace(o, color=o.color or COLORS[rng.integers(len(COLORS))],
                     size=o.size or SIZES[rng.integers(len(SIZES))]) for o in spec.objects]
+    if layout == "canonical":
+        for cells in itertools.permutations(CANONICAL_CELLS, len(objs)):
+            placed = tuple(Placed(o.shape, o.color, o.size, *c, uid=n)
+                           for n, (o, c) in enumerate(zip(objs, cells)))
+            if all(relation_holds(placed[a], r, placed[b]) for a, r, b in spec.relations):
+                return State(placed, spec.relations)
+        raise ValueError(f"could not place {spec} (contradictory relations?)")
     cells = [(r, c) for r in range(GRID) for c in range(GRID)]
     for _ in range(tries):
         pick = rng.permutation(len(cells))[: len(objs)]

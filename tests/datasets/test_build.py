@@ -46,6 +46,7 @@ def test_manifest_statistics_match_config(built):
 def test_records_parse_and_loss_flags(built):
     out, man = built
     tok = TextTokenizer(out / "tokenizer.json")
+    flawed_drafts = 0
     for sub, info in man["subsets"].items():
         for shard in info["shards"]:
             for line in (out / shard).read_text().splitlines():
@@ -60,9 +61,18 @@ def test_records_parse_and_loss_flags(built):
                 if sub == "multiturn":
                     first = rec["segments"][0]
                     assert rec["eos"] and not first["loss"] and first["role"] == "prompt"
+                    # Only consistent images are generation targets: a draft that a refine corrects
+                    # (image, critique, refine) is context; every other image is trained.
+                    segs = rec["segments"]
+                    for k, s in enumerate(segs):
+                        if s["type"] == "image":
+                            flawed = k + 2 < len(segs) and segs[k + 2]["role"] == "refine"
+                            assert s["loss"] == (not flawed), (shard, rec["id"], k)
+                            flawed_drafts += flawed
                 else:   # conflict / alignment: only the critique (+ refine) is trained
                     assert {s["role"] for s in targets} <= {"critique", "refine"}
                     assert ("refine" in {s["role"] for s in targets}) == (rec["label"] == "negative")
+    assert flawed_drafts > 0                                    # the build has refined rounds to check
 
 
 def test_same_seed_is_byte_identical_for_any_worker_count(built, tmp_path):

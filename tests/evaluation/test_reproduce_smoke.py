@@ -46,7 +46,7 @@ def test_every_row_trains_evaluates_and_tabulates(tmp_path):
     assert "| single_pass | single-pass |" in md and "| process | planner |" in md
     # fit.py's closing quick eval samples the single-pass baseline in its own mode (it always draws)
     (qe,) = (out / "runs" / "single_pass").glob("version_*/quick_eval.json")
-    assert json.loads(qe.read_text())["single_object"]["drew_image"] == 1.0
+    assert json.loads(qe.read_text())["drew_image"] == 1.0
 
     again = _run(out)
     assert again.returncode == 0

@@ -98,8 +98,7 @@ def test_trajectory_logger_logs_refined_trajectories(scripted_gen, monkeypatch):
                              add_text=lambda tag, text, step: logged.append((tag, text)),
                              add_scalar=lambda tag, value, step: logged.append((tag, value)))
     cb = callbacks.TrajectoryLogger(["a photo of a red circle"], scripted_gen.gen.tok, image_size=16,
-                                    every_n_steps=1, num_steps=3)
-    cb.config = GenerationConfig(num_steps=3)
+                                    every_n_steps=1, config=GenerationConfig(num_steps=3))
     trainer = SimpleNamespace(global_step=1, is_global_zero=True, logger=SimpleNamespace(experiment=writer))
     cb.on_train_batch_end(trainer, SimpleNamespace(model=scripted_gen.gen.model))
     texts = [v for t, v in logged if t == "trajectory/0" and isinstance(v, str)]

@@ -147,23 +147,39 @@ def test_unknown_segment_type_is_an_error():
 
 
 def test_cfg_dropout_rules():
-    """Dropped prompt: removed, no position consumed. Dropped context image: removed, +1 position."""
+    """Dropped text: the prompt and plan before the first generated image, removed, no position
+    consumed (what the generator's text-unconditional branch feeds a first image: nothing). Dropped
+    context image: removed, +1 position."""
     ctx, gen = torch.rand(3, 2, 2), torch.rand(3, 2, 2)
     sample = Sample([TextSegment("draw a circle", role="prompt"), ImageSegment(ctx),
-                     TextSegment("red", loss=True, role="plan"), ImageSegment(gen, loss=True)], eos=True)
+                     TextSegment("red", loss=True, role="plan"), ImageSegment(gen, loss=True),
+                     TextSegment("red", loss=True, role="critique")], eos=True)
     planner = SequencePlanner(TOK, PPT)
     full = planner.plan(sample).layout()
-    assert full.position_ids.tolist() == [0, 1, 2, 3, 3, 3, 4, 5, 5, 5, 5, 5, 5]
+    assert full.position_ids.tolist() == [0, 1, 2, 3, 3, 3, 4, 5, 5, 5, 5, 5, 5, 6]
     no_text = planner.plan(sample, drop_text=True)
-    assert [it.role for it in no_text.items] == ["image", "plan", "image", "image"]
-    assert no_text.layout().position_ids.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2, 2]
+    assert [it.role for it in no_text.items] == ["image", "image", "image", "critique"]
+    assert no_text.layout().position_ids.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 2]
+    assert no_text.num_tokens == planner.num_tokens(sample, drop_text=True) == 10
+    # The old rule (prompt only) stays available.
+    prompt_only = SequencePlanner(TOK, PPT, cfg_text_roles=("prompt",)).plan(sample, drop_text=True)
+    assert [it.role for it in prompt_only.items] == ["image", "plan", "image", "image", "critique"]
     no_img = planner.plan(sample, drop_image=True)
-    assert no_img.layout().position_ids.tolist() == [0, 1, 2, 4, 5, 5, 5, 5, 5, 5]
+    assert no_img.layout().position_ids.tolist() == [0, 1, 2, 4, 5, 5, 5, 5, 5, 5, 6]
     assert len(no_img.images) == 1 and no_img.images[0] is gen
-    assert no_img.num_tokens == planner.num_tokens(sample, drop_image=True) == 10
+    assert no_img.num_tokens == planner.num_tokens(sample, drop_image=True) == 11
     # Generated images are never dropped as "context"; a dropped-out prompt costs its first label.
     both = planner.plan(sample, drop_text=True, drop_image=True).layout()
-    assert both.attn_modes == [CAUSAL, NOISE, FULL] and both.ce_labels.tolist()[-1] == TOK.eos_id
+    assert both.attn_modes == [NOISE, FULL, CAUSAL] and both.ce_labels.tolist()[-1] == TOK.eos_id
+
+
+def test_cfg_text_dropout_without_a_generated_image_keeps_the_plan():
+    # A conflict sample: its critique is about the plan, so only the prompt goes.
+    sample = Sample([TextSegment("draw a circle", role="prompt"), TextSegment("red", role="plan"),
+                     TextSegment("red", loss=True, role="critique")])
+    planner = SequencePlanner(TOK, PPT)
+    assert planner.has_droppable(sample) == (True, False)
+    assert [it.role for it in planner.plan(sample, drop_text=True).items] == ["plan", "critique"]
 
 
 def test_same_image_twice_is_stacked_once():

@@ -59,7 +59,11 @@ def test_fit_writes_scalars_checkpoints_and_export(debug_run):
     assert any(t.startswith("lr-AdamW") for t in tags), sorted(tags)
     assert "trajectory/detector_accuracy" in tags
     assert any(t.startswith("trajectory/") for t in acc.Tags()["images"]), acc.Tags()["images"]
-    assert result.evaluation is not None and 0.0 <= result.evaluation["single_object"]["accuracy"] <= 1.0
+    ev = result.evaluation          # closing eval: GenEval rules, prompts spread over the tags
+    assert ev is not None and ev["prompts"] == cfg.logging.final_eval_prompts
+    assert set(ev["geneval"]["images"]) == {"single_object", "two_object"}       # 2 prompts: 2 tags
+    assert 0.0 <= ev["geneval"]["overall"] <= 1.0
+    assert (Path(result.log_dir) / "quick_eval.png").is_file()
     losses = _scalars(result.log_dir, "train/loss")
     assert len(losses) == cfg.trainer.max_steps
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())

@@ -47,7 +47,7 @@ def fsdp_run(tmp_path_factory):
         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
         f"trainer.default_root_dir={tmp / 'runs'}", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "optim.warmup_steps=1", "logging.checkpoint_every_n_steps=3",
-        "logging.trajectory_every_n_steps=2", "logging.sample_steps=2", "logging.final_eval_prompts=1"]
+        "logging.trajectory_every_n_steps=2", "sampling.num_steps=2", "logging.final_eval_prompts=1"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(ROOT / "train/fit.py"),
            "--config", str(ROOT / "train/configs/bagel7b.yaml"), *overrides]

@@ -133,3 +133,23 @@ def test_planted_relation_errors_fail_geneval():
 def apply_fix(state: State, ops) -> State:
     from procpaint.world import apply_ops
     return apply_ops(state, ops, random.Random(0))
+
+
+def test_canonical_layout_is_one_layout_per_prompt_and_obeys_relations():
+    import numpy as np
+
+    from procpaint.world import parse_prompt
+    from procpaint.world.scene import CANONICAL_CELLS, realize, relation_holds
+
+    for text in ("a photo of a red circle", "a photo of a blue square left of a green star",
+                 "a photo of a yellow cross below a purple triangle", "a photo of three black diamonds"):
+        spec = parse_prompt(text)
+        states = [realize(spec, np.random.default_rng(s), layout="canonical") for s in range(5)]
+        cells = {tuple((p.row, p.col) for p in st.objects) for st in states}
+        assert len(cells) == 1, (text, cells)                       # the same place every time
+        st = states[0]
+        assert all(relation_holds(st.objects[a], r, st.objects[b]) for a, r, b in spec.relations)
+        if not spec.relations:                                      # the most central cells first
+            assert [(p.row, p.col) for p in st.objects] == list(CANONICAL_CELLS[:len(spec.objects)])
+    with pytest.raises(ValueError, match="layout"):
+        realize(parse_prompt("a photo of a red circle"), np.random.default_rng(0), layout="grid")

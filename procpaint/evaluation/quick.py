@@ -1,0 +1,119 @@
+"""GenEval-rule evaluation of a model held in memory, and its contact sheet.
+
+One home for what ``train/fit.py``'s closing eval, the TensorBoard trajectory prompts, the recipe
+probes (benchmarks/probe_recipe.py), the sanity ladder (train/ladder.py) and the README picture all
+do: draw held-out GenEval prompts spread evenly over the six tags, generate (process, single-pass
+or planner mode), and score each final image with GenEval's rules on the world's detector --
+exactly what ``train/evaluate.py --benchmark geneval`` does from files, without the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from procpaint.evaluation import geneval
+from procpaint.inference.render import to_uint8
+
+__all__ = ["contact_sheet", "evaluate_model", "format_summary", "stratified_metadata"]
+
+
+def stratified_metadata(n: int, seed: int = 0, tags=geneval.GENEVAL_TAGS) -> list[dict]:
+    """``n`` held-out GenEval prompts spread evenly over ``tags`` (the first tags take the remainder)."""
+    counts = {t: n // len(tags) + (k < n % len(tags)) for k, t in enumerate(tags)}
+    return geneval.generate_metadata(counts, seed=seed)
+
+
+def score_results(results, metas: list[dict], detector=None) -> list[bool]:
+    """GenEval verdict of each result's final image (False when it drew none)."""
+    from procpaint.world import Detector
+
+    detector = detector or Detector()
+    out = []
+    for r, m in zip(results, metas):
+        img = r.final_image
+        ok = img is not None and geneval.evaluate(geneval.detect(to_uint8(img), detector, tag=m["tag"]), m)[0]
+        out.append(bool(ok))
+    return out
+
+
+@torch.no_grad()
+def evaluate_model(model, tokenizer, metas: list[dict], config, *, image_size: int,
+                   batch_size: int = 8) -> tuple[dict, list, list[bool]]:
+    """Generate every prompt of ``metas`` with ``config`` (a GenerationConfig) and score it.
+
+    -> (GenEval summary: per-tag accuracy, ``overall`` and ``images``; the TrajectoryResults; the
+    verdicts). The model is put in eval mode and given back in the mode it was in.
+    """
+    from procpaint.inference import Generator
+
+    was_training = model.training
+    try:
+        gen = Generator(model, tokenizer, image_size=image_size)
+        results = []
+        for s in range(0, len(metas), batch_size):
+            results += gen.generate([m["prompt"] for m in metas[s: s + batch_size]], replace(config))
+    finally:
+        model.train(was_training)
+    verdicts = score_results(results, metas)
+    rows = [{"tag": m["tag"], "correct": ok} for m, ok in zip(metas, verdicts)]
+    return geneval.summarize(rows), results, verdicts
+
+
+def format_summary(summary: dict) -> str:
+    """A one-table markdown rendering: tag | accuracy | images, then overall."""
+    lines = ["| tag | accuracy | images |", "|---|---:|---:|"]
+    for t in geneval.GENEVAL_TAGS:
+        if t in summary:
+            lines.append(f"| {t} | {summary[t]:.3f} | {summary['images'][t]} |")
+    lines.append(f"| **overall** | **{summary['overall']:.3f}** | {sum(summary['images'].values())} |")
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int, max_lines: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(0, width - 3)] + "..."
+    return lines
+
+
+def contact_sheet(results, verdicts: list[bool], path, *, cols: int = 6, cell: int = 128,
+                  captions: bool = True) -> None:
+    """One cell per trajectory: its images left to right (draft, refined, ...), a green (right) /
+    red (wrong) bar, then the prompt and the plan and refine texts; written as a PNG to ``path``."""
+    from PIL import Image, ImageDraw
+
+    per = max([len([s for s in r.stages if s.image is not None]) for r in results] + [1])
+    w = cell * per
+    chars = max(12, (w - 4) // 6)                      # PIL's default bitmap font: ~6 px a character
+    texts = []
+    for r in results:
+        lines = _wrap(r.prompt, chars, 2) if captions else []
+        for s in r.stages if captions else []:
+            if s.kind in ("plan", "refine") and s.text:
+                lines += _wrap(f"{s.kind}: {s.text}", chars, 2)
+        texts.append(lines)
+    text_h = 11 * max([len(t) for t in texts] + [0]) + 4
+    rows = (len(results) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * (w + 8), rows * (cell + text_h + 8)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (r, ok, lines) in enumerate(zip(results, verdicts, texts)):
+        x, y = (k % cols) * (w + 8) + 4, (k // cols) * (cell + text_h + 8) + 2
+        images = [s.image for s in r.stages if s.image is not None]
+        for j, img in enumerate(images):
+            tile = Image.fromarray(to_uint8(img)).resize((cell - 4, cell - 4), Image.NEAREST)
+            sheet.paste(tile, (x + j * cell, y))
+        draw.rectangle([x, y + cell - 2, x + max(len(images), 1) * cell - 4, y + cell + 1],
+                       fill=(40, 170, 60) if ok else (210, 40, 40))
+        if lines:
+            draw.text((x, y + cell + 4), "\n".join(lines), fill=(0, 0, 0), spacing=1)
+    sheet.save(path)
