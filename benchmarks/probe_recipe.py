@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--per-tag", type=int, default=24)
     ap.add_argument("--num-steps", type=int, default=20, help="flow steps at sampling")
     ap.add_argument("--mode", default=None)
+    ap.add_argument("--export", default=None, help="score this export instead of training (sampling probes)")
+    ap.add_argument("--gen", action="append", default=[], metavar="KEY=VALUE",
+                    help="GenerationConfig field for scoring, e.g. cfg_text_scale=3 (float values)")
     ap.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
                     help="procedural-data knob (procpaint.datasets.DataConfig), e.g. layout=canonical")
     ap.add_argument("--out", default="probes")
@@ -81,10 +84,29 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    gen_overrides = {k: (v if k in ("cfg_renorm", "mode") else float(v) if "." in v or "e" in v else int(v))
+                     for k, v in (kv.split("=", 1) for kv in args.gen)}
+    if args.export:
+        from procpaint.inference import load_generator
+
+        t0 = time.perf_counter()
+        gen = load_generator(args.export)
+        summary, results, verdicts = score(gen.model, gen.tok, gen.image_size, args.eval_tags.split(",")
+                                           if args.eval_tags else args.tags.split(","), args.per_tag,
+                                           args.mode or "single-pass", num_steps=args.num_steps,
+                                           gen_overrides=gen_overrides)
+        row = {"name": args.name, "export": args.export, "gen": args.gen, "summary": summary,
+               "eval_s": round(time.perf_counter() - t0, 1), "load": os.getloadavg()[0]}
+        print(json.dumps(row))
+        if args.out_json:
+            with open(args.out_json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return 0
     row = probe(args.name, args.tags.split(","), args.overrides, steps=args.steps, samples=args.samples,
                 out=Path(args.out), eval_per_tag=args.per_tag,
                 eval_tags=args.eval_tags.split(",") if args.eval_tags else None, mode=args.mode,
-                num_steps=args.num_steps, data_knobs=dict(kv.split("=", 1) for kv in args.data))
+                num_steps=args.num_steps, data_knobs=dict(kv.split("=", 1) for kv in args.data),
+                gen_overrides=gen_overrides)
     row["data"] = args.data
     print(json.dumps(row))
     if args.out_json:

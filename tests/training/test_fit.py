@@ -108,3 +108,22 @@ def test_ddp_two_processes_on_cpu(tmp_path, debug_run):
     assert sorted(ddp) == [0, 1, 2]
     # Same model init and data distribution: the first losses agree within sampling noise.
     assert ddp[0] == pytest.approx(single[0], rel=0.25)
+
+
+def test_contact_sheet_cli_draws_every_tag(debug_run, tmp_path, capsys):
+    import importlib.util
+
+    from PIL import Image
+
+    _, result = debug_run
+    spec = importlib.util.spec_from_file_location("contact_sheet_cli", ROOT / "train" / "contact_sheet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "sheet.png"
+    rc = mod.main(["--ckpt", str(Path(result.weights).parent), "--out", str(out), "--per-tag", "1",
+                   "--steps", "2", "--mode", "single-pass"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and out.is_file() and Image.open(out).size[0] > 0
+    for tag in ("single_object", "two_object", "counting", "colors", "position", "color_attr"):
+        assert f"| {tag} |" in printed
+    assert mod.main(["--ckpt", str(tmp_path / "missing"), "--out", str(out)]) == 2
