@@ -33,6 +33,7 @@ class DataConfig:
     image_size: int = 16                  # images are resized to this (pixels per side)
     tokenizer: str | None = None          # tokenizer.json; None: <root>/tokenizer.json
     unk: str = "error"                    # unknown words: "error" or "map" (to <unk>)
+    on_error: str = "error"               # corrupt data: "error" (refused, naming file:line) or "skip"
     max_tokens: int = 2048                # token budget of one packed sequence
     max_tokens_per_sample: int | None = None  # longer samples are skipped and counted
     overflow_buffer: int = 64             # samples held back by the streaming best-fit packer
@@ -83,6 +84,8 @@ class DataConfig:
                               f"data.max_tokens ({self.max_tokens})")
         if self.unk not in ("error", "map"):
             raise ConfigError(f"data.unk must be 'error' or 'map', got {self.unk!r}")
+        if self.on_error not in ("error", "skip"):
+            raise ConfigError(f"data.on_error must be 'error' or 'skip', got {self.on_error!r}")
         for key in ("max_tokens", "build_samples", "val_samples", "overflow_buffer", "num_workers"):
             low = 1 if key in ("max_tokens", "build_samples", "val_samples") else 0
             if getattr(self, key) < low:

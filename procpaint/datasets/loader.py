@@ -3,9 +3,19 @@
 Records are dealt round-robin to (rank, DataLoader worker) pairs: record ``k`` of the epoch's shard
 order goes to global worker ``k % (world_size * num_workers)``, so every record is seen exactly
 once per epoch across a DDP job, whatever the shard sizes. The shard order and an in-memory shuffle
-buffer are seeded by (seed, epoch), identically on every rank. A corrupt record (bad JSON, missing
-field, missing or undecodable image) is skipped with a warning naming file and line and counted in
-``skipped``; a worker that finds only corrupt records raises.
+buffer are seeded by (seed, epoch), identically on every rank.
+
+Corrupt data follows ``on_error`` (data/README.md, "Mistakes and faults"). Opening a dataset runs the
+fast check :func:`~procpaint.datasets.validate.check_shards` (every listed shard exists and is not
+empty, the manifest's sample counts equal the shards' lines); each record is checked as it is read
+(JSON, schema, tags, each image present, decodable and of its declared height x width, and with a
+``tokenizer`` its words). ``"error"``: the first problem raises :class:`RecordError` naming
+``file:line``. ``"skip"``: a manifest problem is a warning (a missing shard is left out); a bad record
+is skipped with a warning naming file and line and counted in ``skipped`` during the first pass the
+reader makes: a pass deals every record to exactly one (rank, worker) reader, so once all readers
+have made it their counts add up to the number of bad records (each DataLoader worker counts in its
+own copy of the dataset; training sums them, procpaint/training/datamodule.py). A reader that finds
+only bad records raises.
 """
 
 from __future__ import annotations
@@ -21,28 +31,47 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..sequence.plan import RecordError
+from ..sequence.tokenizer import TextTokenizer
 from ..sequence.types import ImageSegment, Sample, TextSegment
 from .config import SUBSETS
-from .validate import check_record
+from .validate import check_record, check_shards
+
+ON_ERROR = ("error", "skip")
 
 
-def load_image(path: Path, size: int | None) -> torch.Tensor:
-    """PNG/JPEG/... -> (3, size, size) float32 in [-1, 1] (bicubic resize when sizes differ)."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC)
-        arr = np.asarray(im, dtype=np.float32)
+def load_image(path: Path, size: int | None, declared: tuple[int, int] | None = None) -> torch.Tensor:
+    """PNG/JPEG/... -> (3, size, size) float32 in [-1, 1] (bicubic resize when sizes differ).
+
+    ValueError when the file is missing, does not decode, or is not ``declared`` = (height, width)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"image file {path} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem to report
+        raise ValueError(f"image {path} does not decode: {e}") from e
+    if declared is not None and (im.height, im.width) != tuple(declared):
+        raise ValueError(f"image {path} is {im.height}x{im.width}, "
+                         f"record declares {declared[0]}x{declared[1]}")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0      # (3, H, W)
 
 
 def record_to_sample(rec: dict, root: Path, image_size: int | None = None, source: str = "") -> Sample:
     segs = []
-    for s in rec["segments"]:
+    for k, s in enumerate(rec["segments"]):
         if s["type"] == "text":
             segs.append(TextSegment(s["text"], bool(s["loss"]), s.get("role", "text")))
-        else:
-            segs.append(ImageSegment(load_image(root / s["path"], image_size), bool(s["loss"]), "image"))
+            continue
+        declared = (s["height"], s["width"]) if "height" in s and "width" in s else None
+        try:
+            image = load_image(root / s["path"], image_size, declared)
+        except ValueError as e:
+            raise ValueError(f"segments[{k}].path: {e}") from e
+        segs.append(ImageSegment(image, bool(s["loss"]), "image"))
     meta = {k: rec.get(k) for k in ("prompt", "tag", "label", "ops", "errors")}
     meta["source"] = source
     return Sample(segs, eos=bool(rec["eos"]), kind=rec["kind"], id=rec["id"], meta=meta)
@@ -58,11 +87,17 @@ class TrajectoryDataset(IterableDataset):
         rank, world_size: this process's DDP rank and the number of ranks.
         shuffle, seed: seeded shard order + shuffle buffer per epoch (``set_epoch``).
         validate: run the record schema check on each record before decoding (cheap).
+        on_error: "error" (the first corrupt record or manifest problem raises RecordError naming
+            file:line) or "skip" (skipped with a warning, counted in ``skipped``). "skip" is the default
+            here for direct use; training passes ``data.on_error``, whose default is "error".
+        tokenizer: also check each record's words with it (unknown words make a record corrupt).
     """
 
     def __init__(self, root: str | Path, subsets=None, image_size: int | None = None, *, rank: int = 0,
                  world_size: int = 1, shuffle: bool = True, seed: int = 0, buffer: int = 256,
-                 validate: bool = True):
+                 validate: bool = True, on_error: str = "skip", tokenizer: TextTokenizer | None = None):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.root = Path(root)
         mpath = self.root / "manifest.json"
         if not mpath.exists():
@@ -82,7 +117,18 @@ class TrajectoryDataset(IterableDataset):
             raise ValueError(f"dataset {self.root} has no records in subsets {subsets}")
         self.image_size, self.rank, self.world_size = image_size, rank, world_size
         self.shuffle, self.seed, self.buffer, self.validate = shuffle, seed, buffer, validate
+        self.on_error, self.tokenizer = on_error, tokenizer
         self.epoch, self.skipped = 0, 0
+        self._passes, self._counting = 0, False     # only the first pass counts its skips
+        problems = check_shards(self.root, man, subsets)
+        if problems and on_error == "error":
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise RecordError("; ".join(problems[:3]) + more + "; data.on_error=skip trains on what is there")
+        for problem in problems:
+            warnings.warn(f"{problem}; reading what is there (on_error='skip')", stacklevel=2)
+        self.shards = [p for p in self.shards if p.is_file()]
+        if not self.shards:
+            raise RecordError(f"no shard of subsets {subsets} listed in {mpath} exists")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -112,23 +158,33 @@ class TrajectoryDataset(IterableDataset):
                 readers = alive
 
     def _parse(self, path: Path, ln: int, line: str) -> Sample | None:
+        """The record's Sample; None for a corrupt record with on_error="skip" (RecordError otherwise)."""
         try:
             rec = json.loads(line)
-            if self.validate:
-                errs = [e for e in check_record(rec, self.root, None) if not e[0].endswith(".path")]
-                if errs:
-                    raise ValueError("; ".join(f"{f}: {m}" for f, m in errs))
+        except json.JSONDecodeError as e:
+            return self._corrupt(path, ln, f"record: not valid JSON: {e.msg}")
+        if self.validate:
+            errs = check_record(rec, self.root, self.tokenizer, images=False)   # images: while decoding
+            if errs:
+                return self._corrupt(path, ln, "; ".join(f"{f}: {m}" for f, m in errs))
+        try:
             return record_to_sample(rec, self.root, self.image_size, f"{path}:{ln}")
-        except Exception as e:  # noqa: BLE001 - a bad record must never end an epoch
+        except Exception as e:  # noqa: BLE001 - whatever fails in one record is that record's fault
+            return self._corrupt(path, ln, str(e))
+
+    def _corrupt(self, path: Path, ln: int, why: str) -> None:
+        if self.on_error == "error":
+            raise RecordError(f"{path}:{ln}: {why}; data.on_error=skip skips and counts such records")
+        if self._counting:
             self.skipped += 1
-            warnings.warn(f"{path}:{ln}: skipped corrupt record: {e}", stacklevel=2)
-            return None
+        warnings.warn(f"{path}:{ln}: skipped corrupt record: {why}", stacklevel=3)
 
     def __iter__(self):
         info = get_worker_info()
         nw, wid = (info.num_workers, info.id) if info else (1, 0)
         total, gid = self.world_size * nw, self.rank * nw + wid
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1009 + gid)
+        self._counting, self._passes = self._passes == 0, self._passes + 1
         buf, seen, good = [], 0, 0
         for path, ln, line in self._lines(gid, total):
             seen += 1

@@ -1,4 +1,5 @@
-"""``validate(DIR)``: every problem of a dataset directory as ``file:line: field: what is wrong``."""
+"""``validate(DIR)``: every problem of a dataset directory as ``file:line: field: what is wrong``;
+``check_shards``: its fast part (manifest against shards), which training runs before it starts."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ _PLAN = re.compile(r"^<ins>[^<>]+</ins><des>[^<>]+</des>$")
 _REFINE = re.compile(r"^<refine>[^<>]+</refine>$")
 
 
-def check_record(rec, root: Path, tok: TextTokenizer | None) -> list[tuple[str, str]]:
-    """(field, problem) pairs of one parsed record; empty when it is well formed."""
+def check_record(rec, root: Path, tok: TextTokenizer | None, *, images: bool = True) -> list[tuple[str, str]]:
+    """(field, problem) pairs of one parsed record; empty when it is well formed. ``tok``: also check
+    the words; ``images=False``: check image paths but leave opening them to the caller (the loader
+    checks each image as it decodes it)."""
     if not isinstance(rec, dict):
         return [("record", f"must be a JSON object, got {type(rec).__name__}")]
     errs = []
@@ -65,6 +68,8 @@ def check_record(rec, root: Path, tok: TextTokenizer | None) -> list[tuple[str, 
             if not isinstance(p, str) or Path(p).is_absolute() or ".." in Path(p).parts:
                 errs.append((f"{f}.path", "missing, absolute or escaping the dataset directory"))
                 continue
+            if not images:
+                continue
             try:
                 with Image.open(root / p) as im:
                     im.load()
@@ -101,22 +106,43 @@ def validate(root: str | Path) -> list[str]:
         tok = TextTokenizer(root / man.get("tokenizer", "tokenizer.json"))
     except Exception as e:  # noqa: BLE001
         problems.append(f"{mpath}:0: tokenizer: {e}")
-    for sub, info in sorted(man.get("subsets", {}).items()):
-        count = 0
+    problems += check_shards(root, man)
+    for _, info in sorted(man.get("subsets", {}).items()):
         for shard in info.get("shards", []):
             path = root / shard
-            if not path.exists():
-                problems.append(f"{path}:0: shard: file listed in the manifest does not exist")
-                continue
+            if not path.is_file():
+                continue                                        # reported by check_shards
             with open(path, encoding="utf-8") as fh:
                 for ln, line in enumerate(fh, 1):
-                    count += 1
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         problems.append(f"{path}:{ln}: record: not valid JSON: {e.msg}")
                         continue
                     problems += [f"{path}:{ln}: {fld}: {msg}" for fld, msg in check_record(rec, root, tok)]
+    return problems
+
+
+def check_shards(root: Path, manifest: dict, subsets=None) -> list[str]:
+    """The fast check (line counts, no record parsed): every shard the manifest lists exists, none is
+    empty while its subset has samples, and each subset's shards hold exactly its ``samples`` lines.
+    ``subsets``: the ones to check (default: all in the manifest)."""
+    mpath = root / "manifest.json"
+    avail = manifest.get("subsets", {})
+    problems = []
+    for sub in sorted(avail if subsets is None else subsets):
+        info, count = avail[sub], 0
+        for shard in info.get("shards", []):
+            path = root / shard
+            if not path.is_file():
+                problems.append(f"{path}:0: shard: file listed in the manifest does not exist")
+                continue
+            with open(path, "rb") as fh:
+                lines = sum(1 for _ in fh)
+            if lines == 0 and info.get("samples"):
+                problems.append(f"{path}:0: shard: empty, but subset {sub} has {info.get('samples')} samples "
+                                "in the manifest")
+            count += lines
         if count != info.get("samples"):
             problems.append(f"{mpath}:0: subsets.{sub}.samples: manifest says {info.get('samples')}, "
                             f"shards hold {count} records")

@@ -5,6 +5,13 @@ Training data is an endless stream: dataset records (sharded by DDP rank and Dat
 deterministic function of the seed, so resuming only has to know how many packs were consumed:
 :class:`ResumableLoader` reports that (from Lightning's own batch progress) in its state dict and
 the stream skips that many packs when it restarts, which makes resumed runs exact.
+
+Corrupt data follows ``data.on_error`` (data/README.md): "error" refuses a dataset whose manifest and
+shards disagree before training starts (every rank runs the same fast check) and stops at the first
+bad record read, naming file:line (:class:`~procpaint.sequence.plan.RecordError`, one line from
+train/fit.py); "skip" skips bad records and reports each worker's count in its packs'
+``stats["skipped_records"]`` (with ``stats["worker"]``). The module sums the workers' latest counts
+(and the ranks' at the end): the number of bad records, once every reader has made its first pass.
 """
 
 from __future__ import annotations
@@ -41,13 +48,20 @@ class PackStream(IterableDataset):
         self.rank, self.world_size, self.split = rank, world_size, split
         self.skip_packs = 0  # set from ResumableLoader.load_state_dict
 
-    def _samples(self, epoch: int, worker: int, num_workers: int):
+    def _dataset(self):
         from procpaint.datasets import TrajectoryDataset
 
-        ds = TrajectoryDataset(self.root, subsets=self.cfg.data.subsets, image_size=self.cfg.data.image_size,
-                               rank=self.rank * num_workers + worker,
-                               world_size=self.world_size * num_workers,
-                               shuffle=self.split == "train", seed=self.cfg.seed)
+        d = self.cfg.data
+        # Rank and world size only: iterated inside a DataLoader worker, the dataset deals records to
+        # (rank, worker) pairs itself. With on_error=error the planner names a record with unknown
+        # words itself (file:line); with skip the reader checks the words too, so such a record is
+        # skipped and counted like the rest.
+        return TrajectoryDataset(self.root, subsets=d.subsets, image_size=d.image_size, rank=self.rank,
+                                 world_size=self.world_size, shuffle=self.split == "train",
+                                 seed=self.cfg.seed, on_error=d.on_error,
+                                 tokenizer=self.tokenizer if d.on_error == "skip" else None)
+
+    def _samples(self, ds, epoch: int):
         ds.set_epoch(epoch)
         d = self.cfg.data
         transform = sample_transform(d.trajectory, d.self_critique)
@@ -73,11 +87,12 @@ class PackStream(IterableDataset):
         # Workers yield round-robin, so pack k of the loader is pack k // W of worker k % W.
         skip = self.skip_packs // num_workers + (1 if worker < self.skip_packs % num_workers else 0)
         packer = self._packer(worker)
+        ds = self._dataset()
 
         def passes():       # endless, but a pass that gives the packer nothing is an error, not a spin
             for epoch in itertools.count():
                 before = packer.accepted
-                yield from self._samples(epoch, worker, num_workers)
+                yield from self._samples(ds, epoch)
                 if packer.accepted == before:
                     raise packer.nothing_to_pack(f"{self.root} ({self.split} data of rank {self.rank}, "
                                                  f"worker {worker}, one full pass)")
@@ -85,6 +100,7 @@ class PackStream(IterableDataset):
         packs = packer.pack_stream(passes())
         for i, pack in enumerate(packs):
             if i >= skip:
+                pack.stats.update(skipped_records=ds.skipped, worker=worker)   # this worker's, so far
                 yield pack
 
 
@@ -166,6 +182,7 @@ class ProcPaintDataModule(L.LightningDataModule):
             if self.cfg.data.val_root is not None:
                 raise FileNotFoundError(f"data.val_root={self.val_root} has no manifest.json")
             self._build(self.val_root, self.cfg.data.val_samples, self.cfg.seed + 10_000)
+        self.check_data()
 
     def wait_for_data(self, timeout_s: float = 3600.0) -> None:
         """Block until local rank 0 has finished building the data (its manifests are written last)."""
@@ -175,6 +192,17 @@ class ProcPaintDataModule(L.LightningDataModule):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout_s:.0f}s for local rank 0 to build {roots}")
             time.sleep(1.0)
+        self.check_data()
+
+    def check_data(self) -> None:
+        """The fast check before training (manifest sample counts against the shards' lines; each
+        listed shard exists and is not empty): opening a dataset runs it. data.on_error=error: a
+        RecordError naming the file; skip: a warning. Every rank checks the same files, so all agree."""
+        from procpaint.datasets import TrajectoryDataset
+
+        for root in (self.root, self.val_root):
+            if root is not None:
+                TrajectoryDataset(root, subsets=self.cfg.data.subsets, on_error=self.cfg.data.on_error)
 
     def load_tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:
@@ -195,7 +223,7 @@ class ProcPaintDataModule(L.LightningDataModule):
         if mc.codec != "pixel":
             return {}
         ds = TrajectoryDataset(self.root, subsets=self.cfg.data.subsets, image_size=self.cfg.data.image_size,
-                               shuffle=False, seed=self.cfg.seed)
+                               shuffle=False, seed=self.cfg.seed, on_error=self.cfg.data.on_error)
         images = []
         for sample in ds:
             images += [seg.image for seg in sample.segments if hasattr(seg, "image")]

@@ -67,6 +67,7 @@ class ProcPaintModule(L.LightningModule):
         self.ema = None            # ShardedEMA under FSDP (Lightning's EMA callback otherwise)
         self._nonfinite = 0
         self._step_start = None
+        self._skipped_records: dict[int, int] = {}   # data.on_error=skip: DataLoader worker -> its count
         self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -147,9 +148,23 @@ class ProcPaintModule(L.LightningModule):
         stats = batch.stats or {}
         self.log("train/packing_efficiency", float(stats.get("efficiency", 0.0)), batch_size=1)
         self.log("train/skipped_samples", float(stats.get("skipped_total", 0)), batch_size=1)
+        if self.cfg.data.on_error == "skip":   # corrupt records skipped by this rank's readers so far
+            self._skipped_records[stats.get("worker", 0)] = int(stats.get("skipped_records", 0))
+            self.log("train/skipped_records", float(sum(self._skipped_records.values())), batch_size=1)
         self.log("train/ce_tokens", float(parts.ce_tokens), batch_size=1)
         self.log("train/mse_tokens", float(parts.mse_tokens), batch_size=1)
         return parts.loss
+
+    def on_train_end(self) -> None:
+        """data.on_error=skip: the corrupt records skipped over all ranks, in fit's closing summary."""
+        if self.cfg.data.on_error != "skip":
+            return
+        n = torch.tensor(float(sum(self._skipped_records.values())), device=self.device)
+        if self.trainer.world_size > 1:
+            n = self.trainer.strategy.reduce(n, reduce_op="sum")
+        if self.trainer.is_global_zero:
+            print(f"Skipped records  : {int(n.item())} corrupt training records (data.on_error=skip; "
+                  "each named in a warning)")
 
     def on_train_batch_end(self, outputs, batch: PackedBatch, batch_idx: int):
         if self._step_start is None:
