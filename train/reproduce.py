@@ -47,7 +47,8 @@ ROWS = {
     "both": ("process",),
 }
 STAGE1 = "stage1_multiturn"
-SMOKE = ["model.preset=debug", "data.build_samples=60", "data.max_tokens=512", "data.val_samples=8",
+SMOKE = ["model.preset=debug", "data.image_size=32", "model.patch_size=4", "data.build_samples=60",
+         "data.max_tokens=512", "data.val_samples=8",
          "optim.warmup_steps=2", "trainer.max_steps=6", "trainer.val_check_interval=3",
          "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
          "logging.checkpoint_every_n_steps=3"]

@@ -104,10 +104,15 @@ def test_ddp_two_processes_on_cpu(tmp_path, debug_run):
     log_dir = next(line.split(":", 1)[1].split()[0] for line in proc.stdout.splitlines()
                    if line.startswith("TensorBoard logs"))
     ddp = _scalars(log_dir, "train/loss")
-    single = _scalars(result.log_dir, "train/loss")
     assert sorted(ddp) == [0, 1, 2]
-    # Same model init and data distribution: the first losses agree within sampling noise.
-    assert ddp[0] == pytest.approx(single[0], rel=0.25)
+    # Same model init and data distribution: the first losses agree within sampling noise. CE at init
+    # is near log(vocab) for any pack; the flow MSE at init is 1 + mean(clean^2) of the pack's
+    # standardised latents, which swings with its share of object pixels (1.5-3.6 measured), so it is
+    # only checked for scale.
+    ce_ddp, ce_single = _scalars(log_dir, "train/ce"), _scalars(result.log_dir, "train/ce")
+    assert ce_ddp[0] == pytest.approx(ce_single[0], rel=0.1)
+    mse_ddp, mse_single = _scalars(log_dir, "train/mse"), _scalars(result.log_dir, "train/mse")
+    assert 1 / 4 < mse_ddp[0] / mse_single[0] < 4
 
 
 def test_contact_sheet_cli_draws_every_tag(debug_run, tmp_path, capsys):
