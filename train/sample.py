@@ -28,12 +28,6 @@ class UsageError(Exception):
     pass
 
 
-def _add_sampling_args(p):
-    from procpaint.inference.options import add_sampling_args
-
-    add_sampling_args(p)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    _add_sampling_args(p)
+    from procpaint.inference.options import add_sampling_args
+
+    add_sampling_args(p)
     return p.parse_args(argv)
 
 

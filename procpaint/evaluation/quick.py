@@ -9,8 +9,6 @@ exactly what ``train/evaluate.py --benchmark geneval`` does from files, without 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from procpaint.evaluation import geneval
@@ -26,16 +24,14 @@ def stratified_metadata(n: int, seed: int = 0, tags=geneval.GENEVAL_TAGS) -> lis
 
 
 def score_results(results, metas: list[dict], detector=None) -> list[bool]:
-    """GenEval verdict of each result's final image (False when it drew none)."""
+    """GenEval verdict of each result's final image (False when it drew none), exactly as
+    ``train/evaluate.py`` scores a file (:func:`procpaint.evaluation.runner.score_image`)."""
+    from procpaint.evaluation.runner import score_image
     from procpaint.world import Detector
 
     detector = detector or Detector()
-    out = []
-    for r, m in zip(results, metas):
-        img = r.final_image
-        ok = img is not None and geneval.evaluate(geneval.detect(to_uint8(img), detector, tag=m["tag"]), m)[0]
-        out.append(bool(ok))
-    return out
+    return [r.final_image is not None and score_image("geneval", to_uint8(r.final_image), m, detector)[0]
+            for r, m in zip(results, metas)]
 
 
 @torch.no_grad()
@@ -53,7 +49,7 @@ def evaluate_model(model, tokenizer, metas: list[dict], config, *, image_size: i
         gen = Generator(model, tokenizer, image_size=image_size)
         results = []
         for s in range(0, len(metas), batch_size):
-            results += gen.generate([m["prompt"] for m in metas[s: s + batch_size]], replace(config))
+            results += gen.generate([m["prompt"] for m in metas[s: s + batch_size]], config)
     finally:
         model.train(was_training)
     verdicts = score_results(results, metas)
