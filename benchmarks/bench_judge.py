@@ -133,7 +133,7 @@ def main() -> None:
     degs = args.degradations.split(",")
     det = Detector()
     md = ["# Judge robustness on degraded renders of known scenes (cpu)", "",
-          f"- date: {datetime.date(2026, 12, 2)}", f"- machine: 2-core CPU ({platform.machine()}), "
+          f"- date: {datetime.date.today()}", f"- machine: 2-core CPU ({platform.machine()}), "
           f"load average {os.getloadavg()[0]:.1f} at the start (shared with training jobs)",
           f"- torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}",
           f"- command: `python {' '.join(sys.argv)}`",
