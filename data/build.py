@@ -4,16 +4,25 @@
                          [--samples N] [--seed S] [--image-size PX] [--workers K] [--overwrite]
                          [--checkpoint CKPT [--device cpu|cuda]]
     python data/build.py validate DIR
+    python data/build.py import SRC OUT [--bucket MAX,MIN,STRIDE[,MAX_PIXELS]] [--vit-bucket ...]
+                         [--tokenizer tokenizer.json] [--on-error error|skip] [--overwrite]
 
 ``--checkpoint`` (a multi-turn .ckpt or export directory) builds the conflict subset from the model's
 own sampled plans (self-sampling, the paper's main variant) instead of perturbed scene-graph plans.
 A re-run with the same settings resumes; a subset of DIR built with other settings is kept and the
 build refuses (exit 2) unless ``--overwrite``. The format is documented in data/README.md.
+
+``import`` turns a folder of your own trajectories (real images of any size + plan / critique / refine
+texts; layout in data/README.md, "Import your own trajectories") into that format: images resized by
+BAGEL's bucketing rule, validated, written to a temporary directory renamed to OUT at the end. Bad
+records are listed as ``file:line: field: problem`` (exit 2, nothing written), or left out with
+``--on-error skip``.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -23,8 +32,8 @@ from procpaint.datasets import SUBSETS, build_dataset, preset, validate, with_sa
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=[*SUBSETS, "all", "validate"])
-    ap.add_argument("dir", nargs="?", help="dataset directory (validate)")
+    ap.add_argument("command", choices=[*SUBSETS, "all", "validate", "import"])
+    ap.add_argument("paths", nargs="*", metavar="DIR", help="validate: DIR; import: SRC OUT")
     ap.add_argument("--out", help="output directory (build)")
     ap.add_argument("--preset", default="default", help="size preset: default, paper or tiny")
     ap.add_argument("--samples", type=int, help="samples per selected subset (overrides the preset)")
@@ -36,17 +45,30 @@ def main(argv=None) -> int:
     ap.add_argument("--verify-images", type=float, help="share of images re-checked by the detector")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--overwrite", action="store_true",
-                    help="replace subsets of --out that were built with other settings")
+                    help="replace subsets of --out that were built with other settings (import: replace OUT)")
+    imp = ap.add_argument_group("import")
+    imp.add_argument("--bucket", default="1024,512,16",
+                     help="stored image size rule MAX_SIDE,MIN_SIDE,STRIDE[,MAX_PIXELS] (BAGEL's VAE: 1024,512,16)")
+    imp.add_argument("--vit-bucket", default="980,224,14",
+                     help="ViT image size rule, recorded in the manifest (BAGEL's SigLIP: 980,224,14)")
+    imp.add_argument("--tokenizer", help="tokenizer.json to use (default: a WordLevel over the imported words)")
+    imp.add_argument("--on-error", default="error", choices=["error", "skip"],
+                     help="bad records: error (list them all, write nothing) or skip (leave them out)")
+    imp.add_argument("--shard-size", type=int, default=1000, help="records per JSONL shard")
     args = ap.parse_args(argv)
 
     if args.command == "validate":
-        if not args.dir:
+        if len(args.paths) != 1:
             ap.error("validate needs the dataset directory: data/build.py validate DIR")
-        problems = validate(args.dir)
+        problems = validate(args.paths[0])
         for p in problems:
             print(p)
-        print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {args.paths[0]}", file=sys.stderr)
         return 1 if problems else 0
+    if args.command == "import":
+        return _import(ap, args)
+    if args.paths:
+        ap.error(f"{args.command} takes no positional DIR; use --out DIR")
     if not args.out:
         ap.error("building needs --out DIR")
     subsets = SUBSETS if args.command == "all" else (args.command,)
@@ -75,6 +97,37 @@ def main(argv=None) -> int:
                   f"{ss['natural_positive_share']}, "
                   f"{ss['off_ratio']} off-ratio, {ss['unfilled']} unfilled")
     print(f"built {args.out} in {dt:.1f} s with {args.workers} worker(s)")
+    return 0
+
+
+def _import(ap, args) -> int:
+    from procpaint.datasets.buckets import ImageBucket
+    from procpaint.datasets.importer import ImportProblems, import_trajectories
+
+    paths = args.paths + ([args.out] if args.out else [])
+    if len(paths) != 2:
+        ap.error("import needs the source folder and the output directory: data/build.py import SRC OUT")
+    src, out = paths
+    # SIGTERM unwinds like Ctrl-C, so the temporary directory is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.perf_counter()
+    try:
+        bucket, vit = ImageBucket.parse(args.bucket), ImageBucket.parse(args.vit_bucket)
+        man = import_trajectories(src, out, bucket=bucket, vit_bucket=vit, tokenizer=args.tokenizer,
+                                  on_error=args.on_error, shard_size=args.shard_size, overwrite=args.overwrite)
+    except ImportProblems as e:
+        for p in e.problems:
+            print(p)
+        print(f"{len(e.problems)} problem(s) in {src}; nothing written to {out}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    info, sub = man["imported"], man["subsets"]["multiturn"]
+    for p in info["problems"]:
+        print(f"skipped: {p}")
+    print(f"imported {sub['samples']} trajectories ({info['skipped']} skipped), {sub['images']} images "
+          f"(sizes {sub['image_sizes']}) into {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

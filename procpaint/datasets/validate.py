@@ -18,6 +18,18 @@ _PLAN = re.compile(r"^<ins>[^<>]+</ins><des>[^<>]+</des>$")
 _REFINE = re.compile(r"^<refine>[^<>]+</refine>$")
 
 
+def tag_problem(role: str | None, text: str) -> str | None:
+    """What is wrong with the tags of a ``role`` text (None: nothing): a plan is exactly
+    ``<ins>...</ins><des>...</des>``, a refine ``<refine>...</refine>``, any other text has no tags."""
+    if role == "plan" and not _PLAN.match(text):
+        return "a plan must be <ins>...</ins><des>...</des>"
+    if role == "refine" and not _REFINE.match(text):
+        return "a refine text must be <refine>...</refine>"
+    if role not in ("plan", "refine") and re.search(r"</?(ins|des|refine)>", text):
+        return f"tags are not allowed in a {role} segment"
+    return None
+
+
 def check_record(rec, root: Path, tok: TextTokenizer | None, *, images: bool = True) -> list[tuple[str, str]]:
     """(field, problem) pairs of one parsed record; empty when it is well formed. ``tok``: also check
     the words; ``images=False``: check image paths but leave opening them to the caller (the loader
@@ -51,13 +63,9 @@ def check_record(rec, root: Path, tok: TextTokenizer | None, *, images: bool = T
             if not isinstance(text, str) or not text.strip():
                 errs.append((f"{f}.text", "missing or empty"))
                 continue
-            role = s.get("role")
-            if role == "plan" and not _PLAN.match(text):
-                errs.append((f"{f}.text", "a plan must be <ins>...</ins><des>...</des>"))
-            elif role == "refine" and not _REFINE.match(text):
-                errs.append((f"{f}.text", "a refine text must be <refine>...</refine>"))
-            elif role not in ("plan", "refine") and re.search(r"</?(ins|des|refine)>", text):
-                errs.append((f"{f}.text", f"tags are not allowed in a {role} segment"))
+            problem = tag_problem(s.get("role"), text)
+            if problem:
+                errs.append((f"{f}.text", problem))
             if tok is not None:
                 try:
                     tok.encode(text)
