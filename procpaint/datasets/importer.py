@@ -122,7 +122,7 @@ def convert_record(rec, src: Path, bucket: ImageBucket, tok: TextTokenizer | Non
         (role, value), = step.items()
         nxt = _GRAMMAR[state].get(role)
         if nxt is None:
-            errs.append((f, f"a {role} where the trajectory grammar expects {_EXPECT[state]} "
+            errs.append((f, f"{role!r} where the trajectory grammar expects {_EXPECT[state]} "
                             "(round := plan image critique [refine image])"))
             return [], [], errs
         state = nxt
