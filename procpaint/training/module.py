@@ -2,9 +2,11 @@
 
 The model is built in ``configure_model`` (so FSDP can shard it as it is created), the DataModule
 is never built here, and every stage goes through one ``_shared_step``. A non-finite loss or gradient
-skips the update with a warning (decided from a flag all-reduced over ranks, so every rank skips the
-same steps and none waits alone in a collective); ``loss.max_nonfinite_steps`` consecutive ones, or a
-non-finite weight after an update, stop training with :class:`NonFiniteLossError`. A checkpoint whose
+skips the update with a warning, on every rank alike: the loss's non-finite flag travels in the one
+all-reduce that also carries the token counts (``training/losses.py``; every rank then backpropagates
+a zero loss, so none waits alone in the gradient all-reduce), and the gradient norm is already global.
+Skipped updates are counted in ``train/skipped_steps``; ``loss.max_nonfinite_steps`` consecutive ones,
+or a non-finite weight after an update, stop training with :class:`NonFiniteLossError`. A checkpoint whose
 weights are not all finite is never written: the last good one stays the last one.
 """
 
@@ -65,7 +67,9 @@ class ProcPaintModule(L.LightningModule):
         self.model_cfg = ModelConfig(**model_config)
         self.model: torch.nn.Module | None = None
         self.ema = None            # ShardedEMA under FSDP (Lightning's EMA callback otherwise)
-        self._nonfinite = 0
+        self._nonfinite = 0           # consecutive skipped updates
+        self._skipped_steps = 0       # all skipped updates of this run (train/skipped_steps)
+        self._loss_nonfinite = 0      # ranks with a non-finite loss since the last optimizer step
         self._step_start = None
         self._skipped_records: dict[int, int] = {}   # data.on_error=skip: DataLoader worker -> its count
         self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
@@ -74,7 +78,8 @@ class ProcPaintModule(L.LightningModule):
         # Runs after the callbacks' hooks (EMA has put its average in state_dict): raising here
         # stops the write, so no checkpoint with NaN weights replaces a good one.
         for key in ("state_dict", "current_model_state"):
-            check_finite_weights(checkpoint.get(key) or {}, f"a checkpoint at step {checkpoint.get('global_step')}")
+            check_finite_weights(checkpoint.get(key) or {},
+                                 f"a checkpoint at step {checkpoint.get('global_step')}")
         # The tokenizer travels with the weights so sampling/evaluation need nothing else.
         if self.tokenizer_json is not None:
             checkpoint["tokenizer_json"] = self.tokenizer_json
@@ -120,8 +125,11 @@ class ProcPaintModule(L.LightningModule):
         out = self.model(batch, generator=self._noise_generator())
         parts = packed_loss(out.ce_logits, batch.ce_labels, out.v_pred, out.clean, out.noise,
                             lambda_ce=self.cfg.loss.lambda_ce)
+        if parts.skipped:          # every rank alike; the values would be NaN
+            return parts
+        # The logged values are global means (the same on every rank), so every rank logs the same keys.
         on_step = stage == "train"
-        self.log(f"{stage}/loss", parts.loss.detach(), prog_bar=True, on_step=on_step,
+        self.log(f"{stage}/loss", parts.value, prog_bar=True, on_step=on_step,
                  on_epoch=not on_step, batch_size=1, sync_dist=not on_step)
         for name in ("ce", "mse"):
             value = getattr(parts, name)
@@ -142,9 +150,10 @@ class ProcPaintModule(L.LightningModule):
         return bool(t.item())
 
     def training_step(self, batch: PackedBatch, batch_idx: int):
-        # A non-finite loss still goes through backward (its gradients are non-finite too), so
-        # every rank runs the same collectives; on_before_optimizer_step then skips the update.
+        # A non-finite loss on any rank makes parts.loss a zero on the graph on every rank: all ranks
+        # run the same backward and collectives, and on_before_optimizer_step skips the update.
         parts = self._shared_step(batch, "train")
+        self._loss_nonfinite = max(self._loss_nonfinite, parts.nonfinite_ranks)
         stats = batch.stats or {}
         self.log("train/packing_efficiency", float(stats.get("efficiency", 0.0)), batch_size=1)
         self.log("train/skipped_samples", float(stats.get("skipped_total", 0)), batch_size=1)
@@ -178,27 +187,36 @@ class ProcPaintModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     def on_before_optimizer_step(self, optimizer):
+        bad_loss, self._loss_nonfinite = self._loss_nonfinite, 0   # the same on every rank
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        norm = global_grad_norm(self.parameters())   # over every rank's shards under FSDP
+        # Global on every rank (DDP has averaged the gradients; FSDP's shards are all-reduced inside):
+        # a non-finite gradient anywhere is seen everywhere without another collective.
+        norm = global_grad_norm(self.parameters())
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
-        if scaler is not None:       # fp16: the GradScaler skips inf steps and lowers its scale itself
+        if scaler is not None and not bad_loss:   # fp16: the GradScaler skips inf steps, lowers its scale
             if grads and torch.isfinite(norm):
                 self.log("train/grad_norm", norm, batch_size=1)
             return
-        if self._any_rank(not torch.isfinite(norm)):
+        if bad_loss or not bool(torch.isfinite(norm)):
             self._nonfinite += 1
-            log.warning("non-finite loss or gradient at step %d: skipping the update (%d consecutive)",
-                        self.global_step, self._nonfinite)
+            self._skipped_steps += 1
+            world = getattr(self._trainer, "world_size", 1)
+            what = f"non-finite loss on {bad_loss} of {world} rank(s)" if bad_loss else "non-finite gradient"
+            log.warning("%s at step %d: skipping the update (%d consecutive)",
+                        what, self.global_step, self._nonfinite)
             self.log("train/nonfinite_steps", float(self._nonfinite), batch_size=1)
+            self.log("train/skipped_steps", float(self._skipped_steps), batch_size=1)
             for p in self.parameters():       # the optimizer skips parameters without a gradient
                 p.grad = None
             if self._nonfinite >= self.cfg.loss.max_nonfinite_steps:
                 raise NonFiniteLossError(
-                    f"{self._nonfinite} consecutive non-finite losses or gradients at step {self.global_step} "
+                    f"{self._nonfinite} consecutive non-finite losses or gradients at step "
+                    f"{self.global_step} "
                     f"(loss.max_nonfinite_steps={self.cfg.loss.max_nonfinite_steps}); no update was applied, "
                     f"the last checkpoint holds the last good weights; lower optim.lr or check the data")
             return
         self._nonfinite = 0
+        self.log("train/skipped_steps", float(self._skipped_steps), batch_size=1)
         if grads:
             self.log("train/grad_norm", norm, batch_size=1)
 

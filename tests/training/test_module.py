@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from procpaint.config import load_config
-from procpaint.training.losses import LossParts
 from procpaint.training.module import NonFiniteLossError, ProcPaintModule, lr_lambda
 
 DEBUG = Path(__file__).resolve().parents[2] / "train/configs/debug.yaml"
@@ -62,6 +61,30 @@ def test_nonfinite_gradients_skip_the_update_then_stop():
                     module.on_before_optimizer_step(opt)
     for k, v in module.model.state_dict().items():
         torch.testing.assert_close(v, before[k], msg=f"{k} was updated by a non-finite step")
+
+
+def test_nonfinite_loss_on_any_rank_skips_even_with_finite_gradients():
+    """The loss's all-reduced flag, not the gradients, decides: a rank whose own loss was finite
+    backpropagates a zero (finite gradients) and must still skip, like the rank that saw the NaN."""
+    module = _module("loss.max_nonfinite_steps=2")
+    opt = module.configure_optimizers()["optimizer"]
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")              # self.log outside a Trainer warns
+        for p in module.parameters():
+            p.grad = torch.zeros_like(p)
+        module._loss_nonfinite = 1                   # what training_step keeps from LossParts
+        module.on_before_optimizer_step(opt)
+        assert all(p.grad is None for p in module.parameters())
+        assert module._skipped_steps == 1 and module._nonfinite == 1 and module._loss_nonfinite == 0
+        opt.step()
+        for p in module.parameters():                # the next step is clean: counted, not skipped
+            p.grad = torch.ones_like(p)
+        module.on_before_optimizer_step(opt)
+        assert all(p.grad is not None for p in module.parameters())
+        assert module._skipped_steps == 1 and module._nonfinite == 0
+    for k, v in module.model.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=f"{k} was updated by a skipped step")
 
 
 def test_update_that_makes_weights_nonfinite_stops_training():
