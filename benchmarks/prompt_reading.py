@@ -49,7 +49,7 @@ def prompt_reading(export: str, data: str, images: int = 8, times=(0.95, 0.7, 0.
             for j, (prompt, _) in enumerate(pairs):
                 ids = gen.tok.encode(prompt)
                 (hid,) = engine.run([Query([TextSeg(ids, 0), ImageSeg(zt, t, len(ids), (h, w), noise=True)])])
-                v = model.predict_velocity(hid[-h * w - 1:-1])
+                v = model.predict_velocity(hid[-h * w - 1:-1], zt, t)
                 mse[i, j] = ((v - (noise - clean)) ** 2).mean()
         n = len(pairs)
         right = float(mse.diag().mean())

@@ -154,13 +154,15 @@ class OptimConfig:
 class LossConfig:
     lambda_ce: float = 1.0                # loss = lambda_ce * CE + MSE
     timestep_shift: float = 1.0           # training timestep shift s (t' = s t / (1 + (s-1) t))
+    timestep_logit_std: float = 1.0       # t = sigmoid(N(0, std^2)) before the shift (SD3's logit-normal)
     max_nonfinite_steps: int = 5          # stop after this many consecutive NaN/inf losses
 
     def __post_init__(self):
-        if self.max_nonfinite_steps < 1 or not self.timestep_shift > 0 or self.lambda_ce < 0:
-            raise ConfigError(f"loss.max_nonfinite_steps must be >= 1, loss.timestep_shift > 0 and "
-                              f"loss.lambda_ce >= 0, got {self.max_nonfinite_steps}, {self.timestep_shift}, "
-                              f"{self.lambda_ce}")
+        if (self.max_nonfinite_steps < 1 or not self.timestep_shift > 0 or not self.timestep_logit_std > 0
+                or self.lambda_ce < 0):
+            raise ConfigError(f"loss.max_nonfinite_steps must be >= 1, loss.timestep_shift and "
+                              f"loss.timestep_logit_std > 0, loss.lambda_ce >= 0; got {self.max_nonfinite_steps}, "
+                              f"{self.timestep_shift}, {self.timestep_logit_std}, {self.lambda_ce}")
 
 
 @dataclass

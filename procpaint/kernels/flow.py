@@ -198,22 +198,29 @@ def _native(op: str, x: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------------- public functions
-def sample_timesteps(n: int, *, shift: float = 1.0, generator: torch.Generator | None = None,
+def sample_timesteps(n: int, *, shift: float = 1.0, logit_std: float = 1.0,
+                     generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
-    """Training timesteps t ~ sigmoid(N(0, 1)) (logit-normal), then the resolution shift
-    t' = s t / (1 + (s - 1) t) (s > 1 moves mass toward noise, t = 1). Returns (n,) float32 on
-    ``device`` (default: the generator's device, else CPU). Same generator state, same values.
-    Plain PyTorch on purpose: O(n) with n images or tokens, and it must use torch's RNG streams."""
+    """Training timesteps t ~ sigmoid(N(0, logit_std^2)) (logit-normal), then the resolution shift
+    t' = s t / (1 + (s - 1) t) (s > 1 moves mass toward noise, t = 1). The shift is a move of the
+    logit's mean by log(s), so (shift, logit_std) is SD3's logit-normal(log s, logit_std): a wider
+    logit_std trains both ends (the prompt-only regime near t = 1 and the fine detail near 0).
+    Returns (n,) float32 on ``device`` (default: the generator's device, else CPU). Same generator
+    state, same values. Plain PyTorch on purpose: O(n) with n images or tokens, and it must use
+    torch's RNG streams."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"sample_timesteps: n must be a non-negative int, got {n!r}")
     if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
         raise ValueError(f"sample_timesteps: shift must be a finite float > 0, got {shift!r}")
+    if not (isinstance(logit_std, (int, float)) and math.isfinite(logit_std) and logit_std > 0):
+        raise ValueError(f"sample_timesteps: logit_std must be a finite float > 0, got {logit_std!r}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"sample_timesteps: generator is on {generator.device}, device is {device}")
-    t = torch.sigmoid(torch.randn(n, generator=generator, device=device, dtype=torch.float32))  # (n,)
+    z = torch.randn(n, generator=generator, device=device, dtype=torch.float32)                # (n,)
+    t = torch.sigmoid(z if logit_std == 1.0 else z * logit_std)
     if shift != 1.0:
         t = shift * t / (1 + (shift - 1) * t)
     return t

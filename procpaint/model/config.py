@@ -42,6 +42,13 @@ class ModelConfig:
     # noise at unit scale. None: identity (what checkpoints without statistics were trained with).
     latent_mean: tuple[float, ...] | None = None
     latent_std: tuple[float, ...] | None = None
+    # What ``llm2vae`` outputs. "velocity": v = noise - clean directly (BAGEL). "clean": the clean
+    # latent x0, turned into v = (z_t - x0) / max(t, prediction_t_min) so the loss, the sampler and
+    # CFG still work on velocities (x-prediction with a v-loss, "Back to Basics", Li & He 2025): clean
+    # images lie on a low-dimensional manifold, noise does not, so a head narrower than a latent
+    # token's noise can still predict its clean value.
+    prediction: str = "velocity"
+    prediction_t_min: float = 0.05
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -60,6 +67,10 @@ class ModelConfig:
             raise ValueError(f"model.attn_backend unknown: {self.attn_backend!r}")
         if self.sincos_order not in ("row_col", "col_row"):
             raise ValueError(f"model.sincos_order must be 'row_col' or 'col_row', got {self.sincos_order!r}")
+        if self.prediction not in ("velocity", "clean"):
+            raise ValueError(f"model.prediction must be 'velocity' or 'clean', got {self.prediction!r}")
+        if not 0.0 < self.prediction_t_min < 1.0:
+            raise ValueError(f"model.prediction_t_min must be in (0, 1), got {self.prediction_t_min}")
         for key in ("latent_mean", "latent_std"):
             v = getattr(self, key)
             if v is None:

@@ -16,7 +16,8 @@ Weight init (:meth:`ProcPaintModel.reset_parameters`, also the FSDP ``configure_
 N(0, init_std), o and down N(0, init_std / sqrt(2 * num_layers)); q/k biases 0; norms 1;
 ``vae2llm`` N(0, 1 / sqrt(latent_dim)) so that unit-variance latents embed at unit scale, like the
 2-D sin-cos position added to them; timestep MLP N(0, 0.02) (DiT); ``llm2vae`` zero, so the
-predicted velocity is exactly 0 at init and the flow loss starts at E|noise - clean|^2.
+predicted velocity (or, with ``prediction="clean"``, the predicted clean latent: the data mean) is
+exactly 0 at init.
 """
 
 from __future__ import annotations
@@ -163,9 +164,21 @@ class ProcPaintModel(nn.Module):
         w = self.embed_tokens.weight if self.output is None else self.output.weight
         return F.linear(hidden, w)
 
-    def predict_velocity(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (M, D) of latent tokens -> velocity (M, D_lat) (target: noise - clean)."""
-        return self.llm2vae(hidden)
+    def predict_velocity(self, hidden: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """hidden (M, D) of latent tokens at noisy latents z_t (M, D_lat), flow times t ((M,) or a
+        float) -> velocity (M, D_lat) (target: noise - clean).
+
+        With ``cfg.prediction == "clean"`` the head's output is the clean latent x0 and the velocity
+        is (z_t - x0) / max(t, prediction_t_min), exact for z_t = t * noise + (1 - t) * x0.
+        """
+        out = self.llm2vae(hidden)
+        if self.cfg.prediction == "velocity":
+            return out
+        t = torch.as_tensor(t, dtype=out.dtype, device=out.device)
+        t = t.clamp_min(self.cfg.prediction_t_min)
+        if t.ndim:
+            t = t[:, None]
+        return (z_t.to(out.dtype) - out) / t
 
     # -------------------------------------------------------------------------------- forward
     def encode_latents(self, batch: PackedBatch) -> tuple[torch.Tensor, int]:
@@ -207,5 +220,6 @@ class ProcPaintModel(nn.Module):
 
         ce_logits = self.lm_head(out.index_select(0, batch.ce_indexes))      # (C, V)
         mse_idx = batch.latent_indexes.index_select(0, noised_rows)          # (M,)
-        v_pred = self.predict_velocity(out.index_select(0, mse_idx))         # (M, D_lat)
+        z_m = z.index_select(0, noised_rows)                                 # (M, D_lat)
+        v_pred = self.predict_velocity(out.index_select(0, mse_idx), z_m, t_m)  # (M, D_lat)
         return ModelOutput(ce_logits, v_pred, clean_m, noise, t_m)

@@ -35,10 +35,7 @@ from procpaint.sequence.plan import CAUSAL, SequencePlan, SequencePlanner
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.sequence.types import PackedBatch, Sample
 
-try:  # the fused flow op (issue 4) when present; the same distribution inline otherwise
-    from procpaint.kernels.flow import sample_timesteps as _flow_sample_timesteps
-except Exception:  # noqa: BLE001 - a missing or half-built module must not break packing
-    _flow_sample_timesteps = None
+from procpaint.kernels.flow import sample_timesteps
 
 
 class NothingToPackError(ValueError):
@@ -48,21 +45,6 @@ class NothingToPackError(ValueError):
 
 class SkippedSamplesWarning(UserWarning):
     """Samples were skipped by the packer (too long for the budget, or empty)."""
-
-
-def sample_timesteps_ref(n: int, *, shift: float = 1.0,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n,) float32 t = sigmoid(N(0,1)) then shifted s*t / (1 + (s-1)*t); t = 1 is pure noise."""
-    t = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float32))
-    return shift * t / (1 + (shift - 1) * t)
-
-
-def _sample_timesteps(n: int, shift: float, generator: torch.Generator) -> torch.Tensor:
-    if n == 0:
-        return torch.zeros(0, dtype=torch.float32)
-    if _flow_sample_timesteps is not None:
-        return _flow_sample_timesteps(n, shift=shift, generator=generator).float().cpu()
-    return sample_timesteps_ref(n, shift=shift, generator=generator)
 
 
 @dataclass
@@ -95,7 +77,8 @@ class Packer:
         p_drop_text / p_drop_image: CFG dropout, per sample: the conditioning text of its first
             generated image (roles in ``cfg_text_roles``; see plan.py) / all context images
             (ImageSegment loss=False) are removed together.
-        timestep_shift: s of the shifted logit-normal timestep distribution.
+        timestep_shift, timestep_logit_std: the shifted logit-normal timestep distribution
+            (procpaint.kernels.flow.sample_timesteps, the one home of the flow convention).
         max_wait_packs: a sample buffered this many packs goes into the next pack (filled around it);
             default 2 * overflow_buffer + 8, beyond the buffer's normal turnover.
         pad_to_budget: add the padding sample so every pack has exactly max_tokens tokens.
@@ -107,6 +90,7 @@ class Packer:
     def __init__(self, tokenizer: TextTokenizer, *, pixels_per_token: int, max_tokens: int = 33000,
                  max_tokens_per_sample: int | None = None, overflow_buffer: int = 64,
                  p_drop_text: float = 0.0, p_drop_image: float = 0.0, timestep_shift: float = 1.0,
+                 timestep_logit_std: float = 1.0,
                  max_wait_packs: int | None = None, pad_to_budget: bool = True,
                  max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt", "plan"),
                  seed: int = 0):
@@ -123,13 +107,15 @@ class Packer:
         for name, p in (("p_drop_text", p_drop_text), ("p_drop_image", p_drop_image)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
-        if not (timestep_shift > 0 and math.isfinite(timestep_shift)):
-            raise ValueError(f"timestep_shift must be a positive number, got {timestep_shift}")
+        for name, v in (("timestep_shift", timestep_shift), ("timestep_logit_std", timestep_logit_std)):
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a positive number, got {v}")
         self.planner = SequencePlanner(tokenizer, pixels_per_token, max_latent_size=max_latent_size,
                                        cfg_text_roles=cfg_text_roles)
         self.pad_id = tokenizer.pad_id
         self.max_tokens, self.limit, self.overflow_buffer = int(max_tokens), int(limit), int(overflow_buffer)
         self.p_text, self.p_image, self.shift = float(p_drop_text), float(p_drop_image), float(timestep_shift)
+        self.logit_std = float(timestep_logit_std)
         self.max_wait, self.pad, self.seed = int(max_wait_packs), bool(pad_to_budget), int(seed)
         self.drop_gen = torch.Generator().manual_seed(self.seed)
         self.time_gen = torch.Generator().manual_seed(self.seed ^ 0x5EED_7157)
@@ -335,7 +321,8 @@ class Packer:
             [np.where(la.latent_noise_split >= 0, la.latent_noise_split + nb, -1)
              for la, nb in zip(lays, noise_base)]))
         noised = noise_split >= 0
-        t_gen = _sample_timesteps(sum(la.num_noise_splits for la in lays), self.shift, self.time_gen)
+        t_gen = sample_timesteps(sum(la.num_noise_splits for la in lays), shift=self.shift,
+                                 logit_std=self.logit_std, generator=self.time_gen)
         latent_timesteps = torch.zeros(len(noise_split), dtype=torch.float32)
         latent_timesteps[noised] = t_gen[noise_split[noised]]
         split_lens = [s for la in lays for s in la.split_lens] + ([pad_n] if pad_n else [])

@@ -79,6 +79,7 @@ class PackStream(IterableDataset):
                       p_drop_text=d.p_drop_text if self.split == "train" else 0.0,
                       p_drop_image=d.p_drop_image if self.split == "train" else 0.0,
                       timestep_shift=self.cfg.loss.timestep_shift,
+                      timestep_logit_std=self.cfg.loss.timestep_logit_std,
                       seed=(self.cfg.seed * 7919 + self.rank) * 131 + worker)
 
     def __iter__(self) -> Iterator[PackedBatch]:

@@ -58,13 +58,13 @@ def _engine_segments(b, model, times: dict[int, float], noise_z: dict[int, torch
     return segs
 
 
-@pytest.mark.parametrize("mot", [True, False])
-def test_engine_matches_training_forward(tok, mot):
+@pytest.mark.parametrize("mot,prediction", [(True, "velocity"), (False, "velocity"), (True, "clean")])
+def test_engine_matches_training_forward(tok, mot, prediction):
     from procpaint.model import build_model, model_config
 
     torch.manual_seed(0)
     model = build_model(model_config("debug", vocab_size=tok.vocab_size, attn_backend="sdpa", patch_size=4,
-                                     mot=mot))
+                                     mot=mot, prediction=prediction))
     torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
     model.eval()
     packer = Packer(tok, pixels_per_token=model.cfg.pixels_per_token, max_tokens=512, pad_to_budget=True)
@@ -91,7 +91,7 @@ def test_engine_matches_training_forward(tok, mot):
     (hidden,) = engine.run([Query(segs)])                                                       # (L0, D)
     assert hidden.shape[0] == b.sample_lens[0]
 
-    v_engine = model.predict_velocity(hidden[b.mse_indexes])
+    v_engine = model.predict_velocity(hidden[b.mse_indexes], z_noised, out.timesteps)
     torch.testing.assert_close(v_engine, out.v_pred, rtol=1e-4, atol=1e-5)
     logits = model.lm_head(hidden[b.ce_indexes])
     torch.testing.assert_close(logits, out.ce_logits, rtol=1e-4, atol=1e-5)

@@ -289,18 +289,18 @@ def _shifted(t: np.ndarray, s: float) -> np.ndarray:
     return s * t / (1 + (s - 1) * t)
 
 
-@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
-def test_sample_timesteps_distribution(shift):
+@pytest.mark.parametrize("shift,std", [(1.0, 1.0), (3.0, 1.0), (0.5, 1.0), (20.0, 2.0), (1.0, 0.5)])
+def test_sample_timesteps_distribution(shift, std):
     """Quantiles follow from the normal's (the shift is monotone); the mean is a Gauss-Hermite
     integral in float64. 200K samples: tolerances are > 5 standard errors."""
-    t = flow.sample_timesteps(200_000, shift=shift, generator=torch.Generator().manual_seed(7))
+    t = flow.sample_timesteps(200_000, shift=shift, logit_std=std, generator=torch.Generator().manual_seed(7))
     assert t.dtype == torch.float32 and t.shape == (200_000,)
     assert 0.0 <= t.min().item() and t.max().item() <= 1.0
     x, w = np.polynomial.hermite_e.hermegauss(80)  # E[f(Z)] = sum w f(x) / sqrt(2 pi)
-    mean = float((w * _shifted(1 / (1 + np.exp(-x)), shift)).sum() / math.sqrt(2 * math.pi))
+    mean = float((w * _shifted(1 / (1 + np.exp(-std * x)), shift)).sum() / math.sqrt(2 * math.pi))
     assert abs(t.double().mean().item() - mean) < 0.004
     qs = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
-    z = torch.distributions.Normal(0.0, 1.0).icdf(qs).numpy()
+    z = torch.distributions.Normal(0.0, std).icdf(qs).numpy()
     expect = _shifted(1 / (1 + np.exp(-z)), shift)
     # empirical CDF at the closed-form quantiles must be the quantile level (DKW-style)
     cdf = (t.double()[None, :] <= torch.from_numpy(expect)[:, None]).double().mean(1)
@@ -315,6 +315,8 @@ def test_sample_timesteps_reproducible_and_validated():
     assert flow.sample_timesteps(0).shape == (0,)
     with pytest.raises(ValueError, match="shift must be a finite float > 0"):
         flow.sample_timesteps(4, shift=0.0)
+    with pytest.raises(ValueError, match="logit_std must be a finite float > 0"):
+        flow.sample_timesteps(4, logit_std=float("nan"))
     with pytest.raises(ValueError, match="n must be a non-negative int"):
         flow.sample_timesteps(-1)
 

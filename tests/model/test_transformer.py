@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -206,7 +207,7 @@ def test_kv_cache_prefix_matches_full_forward(debug_cfg, make_pack, make_images)
     routing = Routing.build(torch.tensor([0, n - 1]), torch.arange(1, n - 1), n, True)
     ctx = AttnContext.from_dense(torch.ones(n, 8 + n, dtype=torch.bool))
     out, _ = model.forward_hidden(hidden, torch.full((n,), 8), routing, ctx, past_key_values=cache)
-    got = model.predict_velocity(out[1:-1])
+    got = model.predict_velocity(out[1:-1], z, t)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -271,3 +272,23 @@ def test_runs_on_packs_from_the_sequence_packer():
         assert torch.isfinite(loss)
         loss.backward()
     assert model.embed_tokens.weight.grad is not None
+
+
+def test_clean_prediction_gives_exact_velocity(debug_cfg):
+    """prediction="clean": the head's x0 turns into the velocity that moves z_t exactly onto x0."""
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(debug_cfg, prediction="clean"))
+    torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
+    hidden = torch.randn(6, debug_cfg.hidden_size)
+    x0 = model.llm2vae(hidden)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0.05, 0.1, 0.3, 0.5, 0.9, 1.0])
+    z = t[:, None] * noise + (1 - t[:, None]) * x0
+    v = model.predict_velocity(hidden, z, t)
+    torch.testing.assert_close(v, noise - x0, atol=1e-5, rtol=1e-5)
+    # one Euler step to t = 0 lands on the predicted clean latent (the sampler's last step)
+    torch.testing.assert_close(z - t[:, None] * v, x0, atol=1e-5, rtol=1e-5)
+    # below prediction_t_min the division is clamped: finite even at t = 0
+    assert torch.isfinite(model.predict_velocity(hidden, x0, torch.zeros(6))).all()
+    with pytest.raises(ValueError, match="model.prediction"):
+        dataclasses.replace(debug_cfg, prediction="eps")

@@ -12,12 +12,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from procpaint.kernels.flow import sample_timesteps
 from procpaint.sequence.packing import (
     Packer,
     SkippedSamplesWarning,
     collate_packed,
     pack_stream,
-    sample_timesteps_ref,
 )
 from procpaint.sequence.plan import CAUSAL, FULL, NOISE, SequencePlanner
 from procpaint.sequence.tokenizer import TextTokenizer, build_word_level
@@ -230,7 +230,7 @@ def test_timesteps_follow_the_shifted_logit_normal():
     packs = pack_stream(samples, TOK, pixels_per_token=PPT, max_tokens=90, timestep_shift=3.0, seed=4)
     t = torch.cat([b.latent_timesteps[b.latent_noised] for b in packs])  # 1x1 grid: 1 latent per image
     assert t.numel() == 2000 and len(set(t.tolist())) == 2000
-    ref = sample_timesteps_ref(200_000, shift=3.0, generator=torch.Generator().manual_seed(0))
+    ref = sample_timesteps(200_000, shift=3.0, generator=torch.Generator().manual_seed(0))
     q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
     assert torch.allclose(torch.quantile(t, q), torch.quantile(ref, q), atol=0.03)
 
