@@ -5,7 +5,8 @@
                          [--checkpoint CKPT [--device cpu|cuda]]
     python data/build.py validate DIR
     python data/build.py import SRC OUT [--bucket MAX,MIN,STRIDE[,MAX_PIXELS]] [--vit-bucket ...]
-                         [--tokenizer tokenizer.json] [--on-error error|skip] [--overwrite]
+                         [--tokenizer tokenizer.json] [--on-error error|skip] [--image-format png|jpeg]
+                         [--workers K] [--overwrite]
 
 ``--checkpoint`` (a multi-turn .ckpt or export directory) builds the conflict subset from the model's
 own sampled plans (self-sampling, the paper's main variant) instead of perturbed scene-graph plans.
@@ -55,6 +56,8 @@ def main(argv=None) -> int:
     imp.add_argument("--on-error", default="error", choices=["error", "skip"],
                      help="bad records: error (list them all, write nothing) or skip (leave them out)")
     imp.add_argument("--shard-size", type=int, default=1000, help="records per JSONL shard")
+    imp.add_argument("--image-format", default="png", choices=["png", "jpeg"],
+                     help="stored images: png (lossless) or jpeg (quality 95, ~4x smaller)")
     args = ap.parse_args(argv)
 
     if args.command == "validate":
@@ -114,7 +117,8 @@ def _import(ap, args) -> int:
     try:
         bucket, vit = ImageBucket.parse(args.bucket), ImageBucket.parse(args.vit_bucket)
         man = import_trajectories(src, out, bucket=bucket, vit_bucket=vit, tokenizer=args.tokenizer,
-                                  on_error=args.on_error, shard_size=args.shard_size, overwrite=args.overwrite)
+                                  on_error=args.on_error, shard_size=args.shard_size, overwrite=args.overwrite,
+                                  image_format=args.image_format, workers=args.workers)
     except ImportProblems as e:
         for p in e.problems:
             print(p)

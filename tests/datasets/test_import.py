@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,31 @@ def test_good_folder_imports_validates_loads_and_packs(src, tmp_path):
     assert sum(int(p.latent_noised.sum()) for p in packs) == 4 + 4 + 8
 
 
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_workers_give_byte_identical_output(src, tmp_path):
+    _write(src, [*_good_records(), *[{**r, "id": f"{r.get('id', 'box')}-{k}"} for k in range(3)
+                                     for r in _good_records()]])
+    import_trajectories(src, tmp_path / "one", bucket=SMALL, shard_size=3)
+    import_trajectories(src, tmp_path / "two", bucket=SMALL, shard_size=3, workers=2)
+    one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
+    assert one == two and len([k for k in one if k.endswith(".jsonl")]) == 3
+
+
+def test_jpeg_storage_loads_at_the_declared_sizes(src, tmp_path):
+    out = tmp_path / "out"
+    man = import_trajectories(src, out, bucket=SMALL, image_format="jpeg")
+    assert validate(out) == [] and man["image_transform"]["stored"].startswith("jpeg")
+    paths = [seg["path"] for ln in (out / "multiturn/shard-00000.jsonl").read_text().splitlines()
+             for seg in json.loads(ln)["segments"] if seg["type"] == "image"]
+    assert len(paths) == 4 and all(p.endswith(".jpg") for p in paths)
+    with Image.open(out / paths[0]) as im:
+        assert im.format == "JPEG" and (im.height, im.width) == (48, 64)
+    assert len(list(TrajectoryDataset(out, image_size=None, on_error="error"))) == 2
+
+
 def test_training_datamodule_packs_a_batch_from_an_imported_dataset(src, tmp_path):
     """What ``python train/fit.py data.root=OUT`` reads: default data.subsets (the empty conflict and
     alignment subsets are there), images resized to data.image_size (32 in the debug config)."""
@@ -288,14 +315,14 @@ def test_a_failure_while_writing_removes_the_temporary_directory(src, tmp_path, 
     out = tmp_path / "out"
     calls = []
 
-    def save(self, fp, *args, **kwargs):
-        calls.append(fp)
+    def write_bytes(self, data):
+        calls.append(self)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
-        return real_save(self, fp, *args, **kwargs)
+        return real(self, data)
 
-    real_save = Image.Image.save
-    monkeypatch.setattr(Image.Image, "save", save)
+    real = Path.write_bytes
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     with pytest.raises(OSError, match="No space left"):
         import_trajectories(src, out, bucket=SMALL)
     assert len(calls) == 2 and str(calls[0]).startswith(str(tmp_path / ".out.import-"))
@@ -321,6 +348,27 @@ def test_a_temporary_directory_of_a_dead_import_is_removed(src, tmp_path):
     (stale / "multiturn").mkdir(parents=True)
     import_trajectories(src, out, bucket=SMALL)
     assert not stale.exists() and validate(out) == []
+
+
+def test_sigterm_during_an_import_leaves_nothing(src, tmp_path):
+    """The CLI blocks reading an image from a named pipe (after its temporary directory exists) and
+    gets SIGTERM: exit 143, no OUT, no temporary directory."""
+    os.mkfifo(src / "img/pipe.png")
+    _write(src, [{"prompt": "p", "steps": [PLAN, {"image": "img/pipe.png"}, OK]}])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "data/build.py"), "import", str(src), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not _leftovers(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _leftovers(out) == [f".out.import-{proc.pid}"], proc.poll()
+        time.sleep(0.5)                                         # now blocked in the pipe's open()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, proc.stderr.read()
+    finally:
+        proc.kill()
+    assert not out.exists() and _leftovers(out) == []
 
 
 # ---------------------------------------------------------------- the CLI
