@@ -49,10 +49,12 @@ def main(argv=None) -> int:
                     help="replace subsets of --out that were built with other settings (import: replace OUT)")
     imp = ap.add_argument_group("import")
     imp.add_argument("--bucket", default="1024,512,16",
-                     help="stored image size rule MAX_SIDE,MIN_SIDE,STRIDE[,MAX_PIXELS] (BAGEL's VAE: 1024,512,16)")
+                     help="stored image size rule MAX_SIDE,MIN_SIDE,STRIDE[,MAX_PIXELS] "
+                          "(BAGEL's VAE: 1024,512,16)")
     imp.add_argument("--vit-bucket", default="980,224,14",
                      help="ViT image size rule, recorded in the manifest (BAGEL's SigLIP: 980,224,14)")
-    imp.add_argument("--tokenizer", help="tokenizer.json to use (default: a WordLevel over the imported words)")
+    imp.add_argument("--tokenizer",
+                     help="tokenizer.json to use (default: a WordLevel over the imported words)")
     imp.add_argument("--on-error", default="error", choices=["error", "skip"],
                      help="bad records: error (list them all, write nothing) or skip (leave them out)")
     imp.add_argument("--shard-size", type=int, default=1000, help="records per JSONL shard")
@@ -117,8 +119,9 @@ def _import(ap, args) -> int:
     try:
         bucket, vit = ImageBucket.parse(args.bucket), ImageBucket.parse(args.vit_bucket)
         man = import_trajectories(src, out, bucket=bucket, vit_bucket=vit, tokenizer=args.tokenizer,
-                                  on_error=args.on_error, shard_size=args.shard_size, overwrite=args.overwrite,
-                                  image_format=args.image_format, workers=args.workers)
+                                  on_error=args.on_error, shard_size=args.shard_size,
+                                  overwrite=args.overwrite, image_format=args.image_format,
+                                  workers=args.workers)
     except ImportProblems as e:
         for p in e.problems:
             print(p)

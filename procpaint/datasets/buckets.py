@@ -67,7 +67,8 @@ class ImageBucket:
         except ValueError:
             parts = []
         if len(parts) not in (3, 4):
-            raise ValueError(f"an image bucket is MAX_SIDE,MIN_SIDE,STRIDE[,MAX_PIXELS] (integers), got {text!r}")
+            raise ValueError(f"an image bucket is MAX_SIDE,MIN_SIDE,STRIDE[,MAX_PIXELS] (integers), "
+                             f"got {text!r}")
         return cls(*parts)
 
 

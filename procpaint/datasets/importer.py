@@ -236,7 +236,8 @@ def import_trajectories(src: str | Path, out: str | Path, *, bucket: ImageBucket
     if not files:
         raise ImportProblems([f"{src}:0: source: no *.jsonl file (one trajectory per line) in {src}"])
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to "
+                              "replace it")
     if tokenizer is not None:
         TextTokenizer(tokenizer)                                         # a bad file fails before any work
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -339,7 +340,8 @@ def _import(src: Path, files, tmp: Path, results, bucket, vit_bucket, tokenizer,
         "format_version": FORMAT_VERSION, "tokenizer": "tokenizer.json",
         "image_transform": {"vae": bucket.to_dict(), "vit": vit_bucket.to_dict(),
                             "rgb": "EXIF orientation applied; transparency composited on white",
-                            "stored": f"{image_format} at the vae bucket size; source_size per image segment"},
+                            "stored": f"{image_format} at the vae bucket size; source_size per image "
+                                      "segment"},
         "imported": {"source": str(src.resolve()), "files": [p.name for p in files], "records": n + skipped,
                      "skipped": skipped, "problems": problems,
                      "tokenizer": str(tokenizer) if tokenizer is not None else "built: WordLevel over the "

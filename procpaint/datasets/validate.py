@@ -9,13 +9,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..sequence.tokenizer import TextTokenizer, UnknownWordsError
+from ..sequence.tokenizer import SPECIAL_TOKENS, TAGS, TextTokenizer, UnknownWordsError
 from .config import FORMAT_VERSION, SUBSETS
 
 ROLES = {"prompt", "plan", "critique", "refine", "instruction", "text", "image"}
 LABELS = (None, "positive", "negative")
 _PLAN = re.compile(r"^<ins>[^<>]+</ins><des>[^<>]+</des>$")
 _REFINE = re.compile(r"^<refine>[^<>]+</refine>$")
+_MARKERS = tuple(t for t in SPECIAL_TOKENS if t not in TAGS)     # <pad> <eos> <unk> <|vision_start|> ...
 
 
 def tag_problem(role: str | None, text: str) -> str | None:
@@ -27,6 +28,9 @@ def tag_problem(role: str | None, text: str) -> str | None:
         return "a refine text must be <refine>...</refine>"
     if role not in ("plan", "refine") and re.search(r"</?(ins|des|refine)>", text):
         return f"tags are not allowed in a {role} segment"
+    marker = next((t for t in _MARKERS if t in text), None)
+    if marker:
+        return f"the special token {marker} is not allowed in text (the sequence builder places it)"
     return None
 
 

@@ -48,7 +48,8 @@ def _good_records():
     return [
         {"id": "sofa", "prompt": "a red sofa", "tag": "colors",
          "steps": [PLAN, {"image": "img/draft.jpg"}, CRIT, REFINE, {"image": "img/fixed.png"},
-                   {"plan": "<ins>add a cat</ins><des>a red sofa and a cat</des>"}, {"image": "img/wide.png"}, OK]},
+                   {"plan": "<ins>add a cat</ins><des>a red sofa and a cat</des>"}, {"image": "img/wide.png"},
+                   OK]},
         {"prompt": "a green box",
          "steps": [{"plan": "<ins>draw a box</ins><des>a green box</des>"}, {"image": "img/tiny.png"}, OK]},
     ]
@@ -230,6 +231,9 @@ def _bad(kind: str, src: Path):
     if kind == "tag_in_critique":
         return {"prompt": "p", "steps": [*steps[:2], {"critique": "wrong <ins>colour</ins>"}]}, \
             "steps[2].critique", "tags are not allowed in a critique segment"
+    if kind == "special_token":
+        return {"prompt": "p", "steps": [*steps[:2], {"critique": "it ends <eos> too early"}]}, \
+            "steps[2].critique", "the special token <eos> is not allowed in text"
     if kind == "image_before_plan":
         return {"prompt": "p", "steps": [{"image": "img/draft.jpg"}, PLAN, CRIT]}, "steps[0]", \
             "'image' where the trajectory grammar expects a plan"
@@ -248,14 +252,16 @@ def _bad(kind: str, src: Path):
     if kind == "missing_prompt":
         return {"steps": steps}, "prompt", "missing or empty"
     if kind == "duplicate_id":
-        return {"id": "sofa", "prompt": "p", "steps": steps}, "id", "'sofa' already used at .*trajectories.jsonl:1"
+        return {"id": "sofa", "prompt": "p", "steps": steps}, "id", \
+            "'sofa' already used at .*trajectories.jsonl:1"
     if kind == "bad_json":
         return '{"prompt": "p", "steps": [', "record", "not valid JSON"
     raise AssertionError(kind)
 
 
 BAD_KINDS = ["missing_image", "unreadable_image", "truncated_jpeg", "escaping_path", "plan_tag", "refine_tag",
-             "tag_in_critique", "image_before_plan", "plan_without_critique", "refine_without_image",
+             "tag_in_critique", "special_token", "image_before_plan", "plan_without_critique",
+             "refine_without_image",
              "ends_after_image", "unknown_step", "missing_prompt", "duplicate_id", "bad_json"]
 
 
@@ -298,7 +304,8 @@ def test_skip_leaves_bad_records_out_and_lists_them(src, tmp_path):
     assert man["subsets"]["multiturn"]["samples"] == 2
     assert man["imported"]["skipped"] == 2 and man["imported"]["records"] == 4
     assert [p.split(": ")[0] for p in man["imported"]["problems"]] == [f"{path}:2", f"{path}:4"]
-    assert json.loads((out / "manifest.json").read_text())["imported"]["problems"] == man["imported"]["problems"]
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["imported"]["problems"] == man["imported"]["problems"]
     assert validate(out) == []
     assert {s.id for s in TrajectoryDataset(out, on_error="error")} == {"sofa", "trajectories-3"}
 
@@ -386,7 +393,7 @@ def test_cli_imports_and_exits_2_listing_bad_records(src, tmp_path):
     path = _write(src, [_good_records()[0], _bad("plan_tag", src)[0]])
     bad = _cli("import", src, tmp_path / "out2", "--bucket", "64,32,16")
     assert bad.returncode == 2
-    assert bad.stdout.splitlines() == [f"{path}:2: steps[0].plan: a plan must be <ins>...</ins><des>...</des>, "
-                                       "got '<ins>draw a sofa</ins> a sofa'"]
+    assert bad.stdout.splitlines() == [f"{path}:2: steps[0].plan: a plan must be "
+                                       "<ins>...</ins><des>...</des>, got '<ins>draw a sofa</ins> a sofa'"]
     assert f"nothing written to {tmp_path / 'out2'}" in bad.stderr
     assert not (tmp_path / "out2").exists() and _leftovers(tmp_path / "out2") == []
