@@ -36,7 +36,7 @@ from PIL import Image
 from ..sequence.tokenizer import TextTokenizer, UnknownWordsError, build_word_level
 from .buckets import BAGEL_VAE, BAGEL_VIT, ImageBucket, resize_to_bucket
 from .config import FORMAT_VERSION, SUBSETS
-from .store import _worker_init, atomic_write
+from .store import _pid_alive, _worker_init, atomic_write
 from .validate import tag_problem, validate
 
 ROLES = ("plan", "image", "critique", "refine")
@@ -198,7 +198,7 @@ def _tmp_dir(out: Path) -> Path:
     """A fresh temporary sibling of ``out``; those of dead importers are removed first."""
     for stale in out.parent.glob(f".{out.name}.import-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.import-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
