@@ -57,7 +57,12 @@ class ImageBucket:
         return h, w
 
     def to_dict(self) -> dict:
+        """The manifest's form (``image_transform.vae`` / ``.vit``)."""
         return {**asdict(self), "interpolation": "bicubic"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImageBucket:
+        return cls(**{k: v for k, v in d.items() if k != "interpolation"})
 
     @classmethod
     def parse(cls, text: str) -> ImageBucket:
