@@ -125,17 +125,23 @@ class ProcPaintModule(L.LightningModule):
         out = self.model(batch, generator=self._noise_generator())
         parts = packed_loss(out.ce_logits, batch.ce_labels, out.v_pred, out.clean, out.noise,
                             lambda_ce=self.cfg.loss.lambda_ce)
-        if parts.skipped:          # every rank alike; the values would be NaN
+        # The values are global means, the same on every rank, so every rank logs the same keys.
+        if stage == "train":
+            # Every step logs all three, NaN for a part this step lacks (a pack without an image to
+            # generate) or for a skipped step: a key left out would show its last value again.
+            nan = float("nan")
+            self.log("train/loss", nan if parts.skipped else parts.value, prog_bar=True, batch_size=1)
+            for name in ("ce", "mse"):
+                self.log(f"train/{name}", nan if parts.skipped else getattr(parts, name), batch_size=1)
             return parts
-        # The logged values are global means (the same on every rank), so every rank logs the same keys.
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", parts.value, prog_bar=True, on_step=on_step,
-                 on_epoch=not on_step, batch_size=1, sync_dist=not on_step)
-        for name in ("ce", "mse"):
+        if parts.skipped:
+            return parts
+        self.log(f"{stage}/loss", parts.value, prog_bar=True, on_step=False, on_epoch=True, batch_size=1,
+                 sync_dist=True)
+        for name in ("ce", "mse"):     # epoch means over the batches that have the part
             value = getattr(parts, name)
             if torch.isfinite(value):
-                self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step,
-                         batch_size=1, sync_dist=not on_step)
+                self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         return parts
 
     def on_train_batch_start(self, batch, batch_idx):

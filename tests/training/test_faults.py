@@ -1,8 +1,10 @@
-"""Fault injection on real training runs (debug preset): NaN gradients on one process or on one of
-two DDP ranks stop the update everywhere and never reach a checkpoint."""
+"""Fault injection on real training runs (debug preset): NaN gradients on one process, or a NaN loss
+on one of two DDP ranks, skip the update everywhere (a lone NaN step: training goes on and finishes;
+too many in a row: both ranks stop) and never reach a checkpoint."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -22,7 +24,8 @@ DEBUG = ROOT / "train/configs/debug.yaml"
 
 
 def _overrides(tmp_path):
-    return [f"trainer.default_root_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path.parent / 'data_cache'}",
+    return [f"trainer.default_root_dir={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path.parent / 'data_cache'}",
             "logging.trajectory_every_n_steps=0", "logging.final_eval_prompts=0"]
 
 
@@ -58,13 +61,18 @@ import sys
 sys.path.insert(0, {root!r})
 from procpaint.training import module as M
 
-_step = M.ProcPaintModule._shared_step
+_loss, _step = M.packed_loss, M.ProcPaintModule._shared_step
 
-def _shared_step(self, batch, stage):   # rank 1 alone: a NaN loss from step 1 on
-    parts = _step(self, batch, stage)
-    if stage == "train" and self.global_rank == 1 and self.global_step >= 1:
-        parts.loss = parts.loss * float("nan")
-    return parts
+
+def _nan_loss(ce_logits, *args, **kw):       # a NaN logit: the loss of this rank alone is NaN
+    return _loss(ce_logits * float("nan"), *args, **kw)
+
+
+def _shared_step(self, batch, stage):        # rank 1 alone, at the training steps {nan_steps}
+    nan = stage == "train" and self.global_rank == 1 and self.global_step in {nan_steps}
+    M.packed_loss = _nan_loss if nan else _loss
+    return _step(self, batch, stage)
+
 
 M.ProcPaintModule._shared_step = _shared_step
 sys.path.insert(0, {train!r})
@@ -73,17 +81,45 @@ sys.exit(fit.main(sys.argv[1:]))
 """
 
 
-def test_ddp_nan_on_one_rank_stops_both_ranks_cleanly(tmp_path):
+def _fit_ddp_with_nan(tmp_path, nan_steps: str, *args) -> subprocess.CompletedProcess:
+    """train/fit.py on 2 CPU ranks (gloo) with rank 1's loss NaN at ``nan_steps`` (a Python expression)."""
     script = tmp_path / "fit_nan_rank1.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), train=str(ROOT / "train"))))
-    args = [*_overrides(tmp_path), "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-            "trainer.max_steps=6", "loss.max_nonfinite_steps=3"]
-    proc = subprocess.run([sys.executable, str(script), "--config", str(DEBUG), *args], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), train=str(ROOT / "train"),
+                                                        nan_steps=nan_steps)))
+    cmd = [sys.executable, str(script), "--config", str(DEBUG), *_overrides(tmp_path), "trainer.strategy=ddp",
+           "trainer.devices=2", "trainer.accelerator=cpu", *args]
+    # the timeout is the hang detector: a rank left alone in a collective never returns
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_ddp_nan_on_one_rank_stops_both_ranks_cleanly(tmp_path):
+    proc = _fit_ddp_with_nan(tmp_path, "range(1, 1000)", "trainer.max_steps=6", "loss.max_nonfinite_steps=3")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "training stopped: 3 consecutive non-finite" in proc.stderr
+    assert "non-finite loss on 1 of 2 rank(s) at step 1" in proc.stderr
     ckpts = sorted((tmp_path / "runs").rglob("*.ckpt"))
     assert [p.name for p in ckpts] == ["last.ckpt", "step000003.ckpt"] and all(_finite(p) for p in ckpts)
+
+
+def test_ddp_nan_on_one_rank_skips_that_step_on_both_and_finishes(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    proc = _fit_ddp_with_nan(tmp_path, "(2,)", "trainer.max_steps=4", "logging.checkpoint_every_n_steps=4",
+                             "trainer.val_check_interval=4")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    skip = "non-finite loss on 1 of 2 rank(s) at step 2: skipping the update"
+    assert proc.stderr.count(skip) == 2, proc.stderr[-5000:]             # once on each rank
+    (events,) = {p.parent for p in (tmp_path / "runs").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = lambda tag: {e.step: e.value for e in acc.Scalars(tag)}  # noqa: E731
+    loss = scalars("train/loss")                                # NaN marks the skipped step
+    assert sorted(loss) == [0, 1, 2, 3] and math.isnan(loss[2])
+    assert all(math.isfinite(loss[s]) for s in (0, 1, 3))
+    assert scalars("train/skipped_steps") == {0: 0.0, 1: 0.0, 2: 1.0, 3: 1.0}
+    ckpts = sorted((tmp_path / "runs").rglob("*.ckpt"))
+    assert [p.name for p in ckpts] == ["last.ckpt", "step000004.ckpt"] and all(_finite(p) for p in ckpts)
 
 
 # ----------------------------------------------------------------------------- hangs and resume
@@ -128,7 +164,8 @@ def test_stream_with_nothing_packable_is_an_error_not_a_spin(tmp_path):
 
 def test_fit_on_unpackable_data_exits_2_with_one_line(tmp_path):
     root = _tiny_dataset(tmp_path.parent / "tiny_ds")
-    proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG), *_overrides(tmp_path),
+    proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG),
+                           *_overrides(tmp_path),
                            f"data.root={root}", "data.max_tokens_per_sample=67", "data.p_drop_image=0",
                            "data.subsets=[multiturn]", "trainer.max_steps=2"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -228,7 +265,8 @@ def test_unknown_word_in_a_training_record_is_one_line_naming_file_and_line(tmp_
     seg["text"] = seg["text"] + " zorgly"
     lines[1] = json.dumps(rec)
     shard.write_text("\n".join(lines) + "\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG), *_overrides(tmp_path),
+    proc = subprocess.run([sys.executable, str(ROOT / "train/fit.py"), "--config", str(DEBUG),
+                           *_overrides(tmp_path),
                            f"data.root={root}", "data.subsets=[multiturn]", "trainer.max_steps=2"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr[-3000:]
