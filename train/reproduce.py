@@ -51,7 +51,10 @@ SMOKE = ["model.preset=debug", "data.image_size=32", "model.patch_size=4", "data
          "data.max_tokens=512", "data.val_samples=8",
          "optim.warmup_steps=2", "trainer.max_steps=6", "trainer.val_check_interval=3",
          "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
-         "logging.checkpoint_every_n_steps=3"]
+         "logging.checkpoint_every_n_steps=3",
+         # the debug preset's sampling and closing eval (default.yaml's 48 prompts x 20 flow steps
+         # per row took most of a smoke run)
+         "sampling.num_steps=3", "logging.final_eval_prompts=2"]
 
 
 def last_checkpoint(runs: Path, name: str) -> Path | None:
