@@ -161,8 +161,9 @@ class LossConfig:
         if (self.max_nonfinite_steps < 1 or not self.timestep_shift > 0 or not self.timestep_logit_std > 0
                 or self.lambda_ce < 0):
             raise ConfigError(f"loss.max_nonfinite_steps must be >= 1, loss.timestep_shift and "
-                              f"loss.timestep_logit_std > 0, loss.lambda_ce >= 0; got {self.max_nonfinite_steps}, "
-                              f"{self.timestep_shift}, {self.timestep_logit_std}, {self.lambda_ce}")
+                              f"loss.timestep_logit_std > 0, loss.lambda_ce >= 0; got "
+                              f"{self.max_nonfinite_steps}, {self.timestep_shift}, "
+                              f"{self.timestep_logit_std}, {self.lambda_ce}")
 
 
 @dataclass

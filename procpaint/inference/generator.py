@@ -226,7 +226,7 @@ class _Run:
     def _after_image(self, tr: _Traj, queries, outs) -> None:
         hw = self.hw
         t = float(self.ts[tr.step])
-        vel = [self.g.model.predict_velocity(o[-hw - 1:-1], tr.x, t).float() for o in outs]  # (hw, D_lat) each
+        vel = [self.g.model.predict_velocity(o[-hw - 1:-1], tr.x, t).float() for o in outs]  # (hw, D_lat)
         c = self.cfg
         v_text = v_img = None
         k = 1

@@ -164,7 +164,8 @@ class ProcPaintModel(nn.Module):
         w = self.embed_tokens.weight if self.output is None else self.output.weight
         return F.linear(hidden, w)
 
-    def predict_velocity(self, hidden: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def predict_velocity(self, hidden: torch.Tensor, z_t: torch.Tensor,
+                         t: torch.Tensor | float) -> torch.Tensor:
         """hidden (M, D) of latent tokens at noisy latents z_t (M, D_lat), flow times t ((M,) or a
         float) -> velocity (M, D_lat) (target: noise - clean).
 

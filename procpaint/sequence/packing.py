@@ -31,11 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from procpaint.kernels.flow import sample_timesteps
 from procpaint.sequence.plan import CAUSAL, SequencePlan, SequencePlanner
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.sequence.types import PackedBatch, Sample
-
-from procpaint.kernels.flow import sample_timesteps
 
 
 class NothingToPackError(ValueError):
