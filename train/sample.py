@@ -65,21 +65,19 @@ def read_prompts(args) -> list[str]:
 
 
 def write_result(result, index: int, out: Path) -> None:
-    from procpaint.inference.render import save_image, save_strip
+    from procpaint.inference.render import save_strip
+    from procpaint.io import atomic_write, write_image
 
     paths = {}                 # stage index -> file (by position: stages hold tensors, not comparable)
     drawn = [(i, s) for i, s in enumerate(result.stages) if s.image is not None]
     for k, (i, stage) in enumerate(drawn):
         name = f"{index}_{k}.png"
-        save_image(stage.image, out / name)
+        write_image(out / name, stage.image)
         paths[i] = name
     if result.final_image is not None:
-        save_image(result.final_image, out / f"{index}_final.png")
+        write_image(out / f"{index}_final.png", result.final_image)
     save_strip(result, out / f"{index}.png")
-    data = result.to_json(paths)
-    tmp = out / f"{index}.json.tmp"
-    tmp.write_text(data + "\n", encoding="utf-8")
-    tmp.replace(out / f"{index}.json")
+    atomic_write(out / f"{index}.json", result.to_json(paths) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,10 +33,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..io import atomic_write
 from ..sequence.tokenizer import TextTokenizer, UnknownWordsError, build_word_level
 from .buckets import BAGEL_VAE, BAGEL_VIT, ImageBucket, resize_to_bucket
 from .config import FORMAT_VERSION, SUBSETS
-from .store import _pid_alive, _worker_init, atomic_write
+from .store import _pid_alive, _worker_init
 from .validate import tag_problem, validate
 
 ROLES = ("plan", "image", "critique", "refine")

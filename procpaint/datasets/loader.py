@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..io import from_uint8
 from ..sequence.plan import RecordError
 from ..sequence.tokenizer import TextTokenizer
 from ..sequence.types import ImageSegment, Sample, TextSegment
@@ -56,8 +57,7 @@ def load_image(path: Path, size: int | None, declared: tuple[int, int] | None = 
                          f"record declares {declared[0]}x{declared[1]}")
     if size is not None and im.size != (size, size):
         im = im.resize((size, size), Image.BICUBIC)
-    arr = np.asarray(im, dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0      # (3, H, W)
+    return torch.from_numpy(from_uint8(np.asarray(im)))                          # (3, H, W)
 
 
 def record_to_sample(rec: dict, root: Path, image_size: int | None = None, source: str = "") -> Sample:

@@ -11,10 +11,10 @@ Layout (data/README.md)::
 
 Every file goes to a temporary name and is renamed; a shard's images go to a temporary folder that
 is renamed as a whole (one rename per shard instead of one per image). A shard counts as done when
-its JSONL exists;
-a re-run with the same settings skips done shards (resume); with different settings it refuses to
-touch a subset that holds finished shards unless ``overwrite=True`` (then it removes the subset's files
-and rebuilds). One build at a time per directory: ``DIR/.build.lock`` holds the builder's pid. Each sample is a pure function of (seed, subset, index) --
+its JSONL exists; a re-run with the same settings skips done shards (resume); with different settings
+it refuses to touch a subset that holds finished shards unless ``overwrite=True`` (then it removes the
+subset's files and rebuilds). One build at a time per directory: ``DIR/.build.lock`` holds the
+builder's pid. Each sample is a pure function of (seed, subset, index) --
 self-sampled conflict shards of (seed, shard, checkpoint weights), as the model samples a shard's
 prompts in batches -- and shards are written whole by one worker, so output is byte-identical for
 any ``workers``.
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
 from ..sequence.tokenizer import TextTokenizer, build_word_level
 from ..world.grammar import vocabulary
 from ..world.scene import BACKGROUND, COLORS, GRID, SHAPES, SIZES
@@ -42,13 +43,6 @@ from .config import BUILDER_REVISION, FORMAT_VERSION, SELF_KEYS, SUBSETS, DataCo
 from .records import Context, make_record
 
 _CTX: dict = {}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 PNG_LEVEL = 1          # zlib level: 32-px images compress to ~370 B at 1 vs ~310 B at 6, 1.5x faster

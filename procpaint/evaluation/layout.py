@@ -8,27 +8,20 @@
                                            prompt, correct, reason, metadata (a JSON string),
                                            details (a JSON string: boxes per class)
 
-Everything is written to a temporary name and renamed, so an interrupted run leaves whole files
-only and a rerun picks up where it stopped.
+Everything is written to a temporary name and renamed (procpaint.io), so an interrupted run leaves
+whole files only and a rerun picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+from ..io import atomic_write, write_image  # noqa: F401 - write_image: the tests' name here
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -84,26 +77,6 @@ def write_prompt(outdir: Path, index: int, metadata: dict) -> None:
     line = json.dumps(metadata) + "\n"
     if not path.is_file() or path.read_text() != line:
         atomic_write(path, line)
-
-
-def to_uint8(image) -> np.ndarray:
-    """(3, H, W) float in [-1, 1] (torch or numpy) or (H, W, 3) uint8 -> (H, W, 3) uint8."""
-    if hasattr(image, "detach"):
-        image = image.detach().float().cpu().numpy()
-    a = np.asarray(image)
-    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:
-        return a
-    if a.ndim != 3 or a.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) image in [-1, 1], got shape {a.shape}")
-    return np.clip(np.round((a.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def write_image(path: Path, image) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    Image.fromarray(to_uint8(image)).save(tmp)
-    os.replace(tmp, path)
 
 
 def read_image(path: Path) -> np.ndarray:

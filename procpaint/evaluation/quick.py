@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from procpaint.evaluation import geneval
-from procpaint.inference.render import to_uint8
+from procpaint.io import to_uint8, write_image
 
 __all__ = ["contact_sheet", "evaluate_model", "format_summary", "stratified_metadata"]
 
@@ -112,4 +112,4 @@ def contact_sheet(results, verdicts: list[bool], path, *, cols: int = 6, cell: i
                        fill=(40, 170, 60) if ok else (210, 40, 40))
         if lines:
             draw.text((x, y + cell + 4), "\n".join(lines), fill=(0, 0, 0), spacing=1)
-    sheet.save(path)
+    write_image(path, sheet)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import write_image
 from ..world.detect import Detector
 from ..world.scene import BACKGROUND
 from . import geneval, knowledge
@@ -25,7 +26,6 @@ from .layout import (
     read_costs,
     read_image,
     sample_path,
-    write_image,
     write_jsonl,
     write_prompt,
 )
@@ -125,12 +125,14 @@ def check_geneval_metadata(path: Path) -> None:
         if not isinstance(inc, list) or not inc:
             problems.append(f"{where}: include: missing or empty (a non-empty list of clauses)")
         else:
-            problems += [f"{where}: {p}" for k, c in enumerate(inc) for p in _clause_problems(c, k, "include")]
+            problems += [f"{where}: {p}" for k, c in enumerate(inc)
+                         for p in _clause_problems(c, k, "include")]
         exc = row.get("exclude", [])
         if not isinstance(exc, list):
             problems.append(f"{where}: exclude: must be a list of clauses")
         else:
-            problems += [f"{where}: {p}" for k, c in enumerate(exc) for p in _clause_problems(c, k, "exclude")]
+            problems += [f"{where}: {p}" for k, c in enumerate(exc)
+                         for p in _clause_problems(c, k, "exclude")]
     if problems:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ValueError("metadata does not follow GenEval's schema:\n  " + "\n  ".join(problems[:10]) + more)

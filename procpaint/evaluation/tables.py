@@ -16,9 +16,10 @@ import json
 import math
 from pathlib import Path
 
+from ..io import atomic_write
 from .geneval import GENEVAL_TAGS
 from .knowledge import CATEGORIES
-from .layout import atomic_write, read_jsonl
+from .layout import read_jsonl
 
 GENEVAL_COLUMNS = dict(zip(GENEVAL_TAGS, ("Single", "Two", "Counting", "Colors", "Position", "Color Attr.")))
 KNOWLEDGE_COLUMNS = {c: c.capitalize() for c in CATEGORIES}

@@ -14,27 +14,13 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from procpaint.inference.types import TrajectoryResult
+from procpaint.io import to_uint8, write_image
 
 BG, FG, MUTED = (255, 255, 255), (20, 20, 20), (110, 110, 110)
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    x = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 0).numpy()
-
-
-def save_image(image: torch.Tensor, path: str | Path) -> None:
-    """Write a (3, H, W) [-1, 1] image as PNG (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(to_uint8(image)).save(tmp)
-    tmp.replace(path)
 
 
 def _columns(result: TrajectoryResult) -> list[tuple[torch.Tensor | None, str, list[str]]]:
@@ -86,8 +72,4 @@ def render_strip(result: TrajectoryResult, *, cell: int = 160, wrap: int = 26) -
 
 def save_strip(result: TrajectoryResult, path: str | Path, **kwargs) -> Path:
     """Render and write the strip PNG (temporary name, then rename); returns the path."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    render_strip(result, **kwargs).save(tmp)
-    tmp.replace(path)
-    return path
+    return write_image(path, render_strip(result, **kwargs))

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from procpaint.io import atomic_save
 from procpaint.model.config import ModelConfig
 from procpaint.model.embeddings import sincos_2d
 from procpaint.model.parallel import copy_into, is_dtensor
@@ -330,15 +330,6 @@ def bagel_llm_config(cfg: ModelConfig) -> dict:
                 max_position_embeddings=32768, use_sliding_window=False)
 
 
-def _write_atomic(dst: Path, write) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_bagel(model: nn.Module, out: str | Path, *, template: str | Path | None = None,
                  dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` as a BAGEL-format directory ``out`` (llm_config.json + ema.safetensors).
@@ -361,11 +352,11 @@ def export_bagel(model: nn.Module, out: str | Path, *, template: str | Path | No
         ours |= {f.name for f in template.glob("*.safetensors.index.json")}
         for f in template.iterdir():               # vit_config.json, ae.safetensors, tokenizer files
             if f.is_file() and f.name not in ours:
-                _write_atomic(out / f.name, lambda t, f=f: shutil.copyfile(f, t))
+                atomic_save(out / f.name, lambda t, f=f: shutil.copyfile(f, t))
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    _write_atomic(out / "llm_config.json",
-                  lambda t: t.write_text(json.dumps(bagel_llm_config(model.cfg), indent=2) + "\n"))
-    _write_atomic(out / "ema.safetensors", lambda t: save_file(sd, str(t), metadata={"format": "pt"}))
+    atomic_save(out / "llm_config.json",
+                lambda t: t.write_text(json.dumps(bagel_llm_config(model.cfg), indent=2) + "\n"))
+    atomic_save(out / "ema.safetensors", lambda t: save_file(sd, str(t), metadata={"format": "pt"}))
     return out

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from procpaint.io import atomic_save
+
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 TAGS = ("<ins>", "</ins>", "<des>", "</des>", "<refine>", "</refine>")
@@ -85,7 +87,4 @@ class TextTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self.tok.save(str(tmp))
-        tmp.replace(path)
+        atomic_save(path, lambda tmp: self.tok.save(str(tmp)))

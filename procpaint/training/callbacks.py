@@ -20,7 +20,7 @@ import torch
 from procpaint.evaluation import geneval
 from procpaint.evaluation.quick import contact_sheet, evaluate_model, stratified_metadata
 from procpaint.inference import GenerationConfig, Generator, TrajectoryResult, render_strip
-from procpaint.inference.render import to_uint8
+from procpaint.io import to_uint8
 from procpaint.model.parallel import is_sharded
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.training.sharding import PARAM_DTYPES, unsharded_model

@@ -14,6 +14,7 @@ from functools import cache
 
 import numpy as np
 
+from ..io import from_uint8
 from .scene import BACKGROUND, GRID, PALETTE, SIZE_FRACTION, Placed, State
 
 STAR = np.array([(np.sin(a) * rad, -np.cos(a) * rad)
@@ -152,6 +153,4 @@ class Renderer:
         return np.rint(img, out=img).astype(np.uint8)
 
 
-def to_tensor_range(img: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1], the Sample convention."""
-    return (img.transpose(2, 0, 1).astype(np.float32) / 127.5) - 1.0
+to_tensor_range = from_uint8          # the old name (tests import it from here)
