@@ -31,17 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from procpaint.kernels import packing
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "flex", "xformers", "flash")
 _logged_choices: set[tuple[str, str]] = set()
 _compiled_flex: Any = None
-
-
-def _packing():
-    # Imported lazily: the mask kernels live in another room and may be absent in a partial checkout.
-    from procpaint.kernels import packing
-    return packing
 
 
 def backend_available(name: str, device: torch.device) -> bool:
@@ -193,7 +189,7 @@ def _sdpa_groups(split_lens, attn_modes, sample_lens, device, group_tokens: int 
         if len(group) == 1 and all(m == "causal" for m in modes):
             mask = None                        # one all-causal sample: is_causal, no mask tensor
         else:
-            mask = _packing().attention_mask(lens, modes, [sum(ls) for _, ls, _ in group], device=device)
+            mask = packing.attention_mask(lens, modes, [sum(ls) for _, ls, _ in group], device=device)
         blocks.append((start, end, start, end, mask))
         group.clear()
 
@@ -230,10 +226,10 @@ def build_attention(backend: str, split_lens: list[int], attn_modes: list[str], 
     if backend == "sdpa":
         return AttnContext("sdpa", L, L, blocks=_sdpa_groups(split_lens, attn_modes, sample_lens, device))
     if backend == "flex":
-        bm = _packing().block_mask(split_lens, attn_modes, sample_lens, device=device)
+        bm = packing.block_mask(split_lens, attn_modes, sample_lens, device=device)
         return AttnContext("flex", L, L, block_mask=bm)
     if backend == "xformers":
-        mask = _packing().attention_mask(split_lens, attn_modes, sample_lens, device=device)
+        mask = packing.attention_mask(split_lens, attn_modes, sample_lens, device=device)
         return AttnContext("xformers", L, L, bias=_aligned_bias(mask, dtype))
     causal, segs = _flash_layout(split_lens, attn_modes, sample_lens, num_real_tokens)
     cu = torch.tensor([0, *segs], device=device, dtype=torch.int32).cumsum(0, dtype=torch.int32)

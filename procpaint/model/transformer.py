@@ -28,21 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from procpaint.kernels.flow import rf_interpolate  # z_t; tests also import it from here
 from procpaint.model.attention import AttnContext, build_attention
 from procpaint.model.codecs import LatentCodec, build_codec
 from procpaint.model.config import ModelConfig
 from procpaint.model.embeddings import RotaryEmbedding, TimestepEmbedder, sincos_2d
 from procpaint.model.layers import KVCache, LayerInputs, MoTDecoderLayer, RMSNorm, Routing
 from procpaint.sequence.types import PackedBatch
-
-
-def rf_interpolate(clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """z_t = t * noise + (1 - t) * clean; clean/noise (M, D), t (M,). Fused kernel when present."""
-    try:
-        from procpaint.kernels.flow import rf_interpolate as fused
-    except ImportError:
-        return t[:, None] * noise + (1 - t[:, None]) * clean
-    return fused(clean, noise, t)
 
 
 @dataclass
