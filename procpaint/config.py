@@ -141,8 +141,8 @@ class OptimConfig:
         if not 0.0 < self.lr < float("inf"):
             raise ConfigError(f"optim.lr must be a positive number, got {self.lr}")
         if not all(0.0 <= b < 1.0 for b in self.betas) or not self.eps > 0 or self.weight_decay < 0:
-            raise ConfigError(f"optim.betas must be in [0, 1), optim.eps > 0 and optim.weight_decay >= 0, got "
-                              f"{self.betas}, {self.eps}, {self.weight_decay}")
+            raise ConfigError(f"optim.betas must be in [0, 1), optim.eps > 0 and optim.weight_decay >= 0, "
+                              f"got {self.betas}, {self.eps}, {self.weight_decay}")
         if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1], got "
                               f"{self.warmup_steps}, {self.min_lr_ratio}")
@@ -196,7 +196,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.val_check_interval must be >= 1 step (or null), got "
                               f"{self.val_check_interval}")
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
-            raise ConfigError(f"trainer.gradient_clip_val must be > 0 (or null: off), got {self.gradient_clip_val}")
+            raise ConfigError(f"trainer.gradient_clip_val must be > 0 (or null: off), "
+                              f"got {self.gradient_clip_val}")
 
 
 @dataclass
@@ -211,7 +212,8 @@ class LoggingConfig:
 
     def __post_init__(self):
         if self.checkpoint_every_n_steps < 1:
-            raise ConfigError(f"logging.checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
+            raise ConfigError(f"logging.checkpoint_every_n_steps must be >= 1, "
+                              f"got {self.checkpoint_every_n_steps}")
         if self.trajectory_every_n_steps < 0 or self.final_eval_prompts < 0:
             raise ConfigError("logging.trajectory_every_n_steps and logging.final_eval_prompts must be >= 0")
 
@@ -279,12 +281,14 @@ class Config:
         need = side * side + 3
         per_sample = self.data.max_tokens_per_sample
         if per_sample is not None and per_sample < need:
-            raise ConfigError(f"data.max_tokens_per_sample ({per_sample}) cannot hold one image ({side * side} "
-                              f"latent tokens + 2 markers) plus its prompt: every sample would be skipped; "
+            raise ConfigError(f"data.max_tokens_per_sample ({per_sample}) cannot hold one image "
+                              f"({side * side} latent tokens + 2 markers) plus its prompt: every sample "
+                              f"would be skipped; "
                               f"use at least {need} (real samples need several times that) or null")
 
     def _check_drawable(self, mc: ModelConfig) -> None:
-        """Reject a world the judge cannot separate or a model that cannot draw it (DESIGN.md, lessons)."""
+        """Reject a world the judge cannot separate or a model that cannot draw it (docs/ARCHITECTURE.md,
+        "Lessons measured")."""
         if mc.latent_dim > mc.hidden_size:
             raise ConfigError(
                 f"model.patch_size ({mc.patch_size}) makes latent tokens of {mc.latent_dim} channels, more "
@@ -333,7 +337,8 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if base is None:
         return node
     if not (path.parent / str(base)).is_file():
-        raise ConfigError(f"{path}: base: {base!r} not found (looked for {(path.parent / str(base)).resolve()})")
+        raise ConfigError(f"{path}: base: {base!r} not found "
+                          f"(looked for {(path.parent / str(base)).resolve()})")
     return OmegaConf.merge(_load_yaml(path.parent / str(base), (*seen, path)), node)
 
 

@@ -7,7 +7,7 @@ the prompt's relation) and a seeded share gets a flawed draft that INSPECT catch
 fixes. Every round is filtered by the judge (plan vs prompt, image vs plan); a disagreement
 rejects the whole sample, which the caller retries under a new sub-seed.
 
-The three subsets are views of trajectories (DESIGN.md, "The packed sequence"):
+The three subsets are views of trajectories (docs/ARCHITECTURE.md, "The packed sequence"):
 multi-turn = the whole trajectory; conflict = context up to a (possibly perturbed) plan, target its
 critique; alignment = plan + (possibly flawed) image, target its critique.
 """

@@ -8,10 +8,11 @@ Source layout (data/README.md, "Import your own trajectories"): every ``*.jsonl`
                {"critique": "the sofa is blue, not red."}, {"refine": "<refine>make the sofa red</refine>"},
                {"image": "img/1b.png"}, {"plan": "..."}, {"image": "..."}, {"critique": "..."}]}
 
-The steps follow the trajectory grammar of DESIGN.md (``round := PLAN IMG INSPECT [REFINE IMG]``, one
-or more rounds, then EOS). Every text and image is a training target except a draft that a refine
-corrects (context only: generation targets are consistent images, as in the builder). Images of any
-size and format Pillow reads are resized by :mod:`procpaint.datasets.buckets` and stored as PNG.
+The steps follow the trajectory grammar of docs/ARCHITECTURE.md (``round := PLAN IMG INSPECT
+[REFINE IMG]``, one or more rounds, then EOS). Every text and image is a training target except a
+draft that a refine corrects (context only: generation targets are consistent images, as in the
+builder). Images of any size and format Pillow reads are resized by
+:mod:`procpaint.datasets.buckets` and stored as PNG.
 
 The output is a ``multiturn`` subset (with empty ``conflict`` / ``alignment`` subsets, so the default
 ``data.subsets`` trains on it), a tokenizer (``tokenizer=`` a tokenizer.json, or a WordLevel over

@@ -1,6 +1,6 @@
 """Text decoding: the trajectory grammar as a token-level state machine, and seeded sampling.
 
-The grammar (DESIGN.md, "One trajectory, as the model reads and writes it")::
+The grammar (docs/ARCHITECTURE.md, "One trajectory, as the model reads and writes it")::
 
     PROMPT  <ins> words </ins> <des> words </des>  <|vision_start|> draft
             critique-words ( <refine> words </refine> <|vision_start|> refined | <ins> ... | EOS )

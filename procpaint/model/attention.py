@@ -1,7 +1,8 @@
 """Attention backends over one packed sequence.
 
-The mask (DESIGN.md, "Mask semantics") is built once per forward from the split metadata by
-``procpaint.kernels.packing`` and wrapped in an :class:`AttnContext` that every layer shares.
+The mask (docs/ARCHITECTURE.md, "Mask semantics") is built once per forward from the split
+metadata by ``procpaint.kernels.packing`` and wrapped in an :class:`AttnContext` that every layer
+shares.
 :func:`attend` then runs one of:
 
 - ``sdpa``: ``F.scaled_dot_product_attention``, one call per sample with that sample's dense boolean

@@ -1,4 +1,5 @@
-"""Sample -> sequence plan -> sample layout (DESIGN.md, "The packed sequence"; BAGEL's conventions).
+"""Sample -> sequence plan -> sample layout (docs/ARCHITECTURE.md, "The packed sequence"; BAGEL's
+conventions).
 
 A :class:`SequencePlan` is the list of splits one sample becomes, with token ids and loss flags but
 no tensors, so its length is known cheaply (the packer needs lengths long before it builds a batch):

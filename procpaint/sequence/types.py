@@ -1,9 +1,9 @@
 """The two contracts of the sequence room.
 
 ``Sample`` is what the datasets room yields and the sequence planner consumes: an ordered list of
-text and image segments with loss flags (DESIGN.md, "The packed sequence"). ``PackedBatch`` is what
-the packer yields and the model / losses consume: one packed sequence of ``seq_len`` tokens with
-BAGEL-style index tensors.
+text and image segments with loss flags (docs/ARCHITECTURE.md, "The packed sequence").
+``PackedBatch`` is what the packer yields and the model / losses consume: one packed sequence of
+``seq_len`` tokens with BAGEL-style index tensors.
 
 Label rule (the planner implements it; stated here because both sides rely on it): every *target*
 token is predicted by the position right before it in the clean stream (noised image splits are

@@ -1,4 +1,4 @@
-"""Hypothesis property tests of the packing masks: the masking spec (DESIGN.md) as invariants.
+"""Hypothesis property tests of the packing masks: the masking spec (docs/ARCHITECTURE.md) as invariants.
 
 Random packings: 1-8 samples of 1-12 splits each, split lengths 1-300, any mode mix, block sizes
 16/64/128. The total length is capped (MAX_L) so torch's eager create_block_mask and the dense

@@ -4,7 +4,7 @@ A pack is described as samples of items:
     ("text", n, loss)  n causal text tokens (CE targets when loss)
     ("gen", i)         image i generated: noise split then its clean full copy (one position id)
     ("ctx", i)         image i as context: one clean full split
-Each image split is <|vision_start|> + h*w latent tokens + <|vision_end|> (DESIGN.md).
+Each image split is <|vision_start|> + h*w latent tokens + <|vision_end|> (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def build_pack(samples, images: torch.Tensor, *, ppt: int = 2, pad: int = 0, see
 
 
 def reference_mask(split_lens, modes, sample_lens) -> torch.Tensor:
-    """DESIGN.md's rule evaluated on every (q, k) pair: the test-side spec."""
+    """docs/ARCHITECTURE.md's rule evaluated on every (q, k) pair: the test-side spec."""
     rep = lambda vals, lens: torch.repeat_interleave(torch.tensor(vals), torch.tensor(lens))
     split_id = rep(list(range(len(split_lens))), split_lens)
     sample_id = rep(list(range(len(sample_lens))), sample_lens)

@@ -60,7 +60,7 @@ def stream(seed: int, n: int, **kw) -> list[Sample]:
 
 
 def check_batch(b: PackedBatch, samples: list[Sample], max_tokens: int) -> None:
-    """Every layout rule of DESIGN.md on one packed batch (``samples``: the stream, by arrival)."""
+    """Every layout rule of docs/ARCHITECTURE.md on one packed batch (``samples``: the stream, by arrival)."""
     L = b.seq_len
     assert L == max_tokens == sum(b.sample_lens) == sum(b.split_lens) == len(b.position_ids)
     assert len(b.split_lens) == len(b.attn_modes) and min(b.split_lens) >= 1

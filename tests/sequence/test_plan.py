@@ -1,4 +1,4 @@
-"""Sequence plans and sample layouts: the layout rules of DESIGN.md as invariants."""
+"""Sequence plans and sample layouts: the layout rules of docs/ARCHITECTURE.md as invariants."""
 
 from __future__ import annotations
 
