@@ -2,7 +2,9 @@
 // once per namespace), and the Python module init of procpaint._C.
 //
 // Layout (setup.py globs it): csrc/<family>/schemas.h declares a family's schemas;
-// <family>_cpu.cpp holds CPU kernels + TORCH_LIBRARY_IMPL(procpaint, CPU/Meta, ...);
+// <family>_cpu.cpp holds CPU kernels + TORCH_LIBRARY_IMPL(procpaint, CPU, ...); <family>_meta.cpp the
+// Meta (shape-only) implementations; <family>_checks.h the argument checks all of them call
+// (error types: common/checks.h);
 // <family>_kernels.cu holds CUDA kernels and launchers on raw pointers (CUDA headers only, so
 // it compiles with a bare toolkit); <family>_cuda.cpp is the torch-facing CUDA glue, built only
 // in CUDA builds.

@@ -1,20 +1,19 @@
-// Argument checks shared by every op family. Each check names the argument it rejects,
-// so a bad call from Python reads e.g. "rf_mse: pred must be contiguous".
+// Argument checks of every op family: one error type per kind of mistake, the same types the
+// Python front ends (procpaint/kernels/*.py) raise for it.
+//
+//   PP_CHECK_VALUE  a wrong shape, size, device, layout or value   -> ValueError
+//   PP_CHECK_TYPE   a wrong dtype                                  -> TypeError
+//   PP_CHECK_INDEX  an index (data) out of range                   -> IndexError
+//
+// Plain TORCH_CHECK (RuntimeError) is left for what no argument can cause: a failed CUDA launch,
+// a dtype branch that the checks make unreachable. Every message starts with the op and names
+// the argument, e.g. "rf_mse: noise must have the dtype of pred (Float), got Half".
+// Each family keeps the checks of its ops in one header (flow/flow_checks.h,
+// packing/packing_checks.h) that its CPU, CUDA and Meta implementations all call, so the three
+// reject the same calls with the same message. tests/test_native_checks.py holds csrc/ to this.
 #pragma once
-#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#define PP_CHECK(cond, ...) TORCH_CHECK(cond, __VA_ARGS__)
-#define PP_CHECK_CONTIGUOUS(op, x) \
-  TORCH_CHECK((x).is_contiguous(), op ": " #x " must be contiguous")
-#define PP_CHECK_DIM(op, x, d) \
-  TORCH_CHECK((x).dim() == (d), op ": " #x " must have ", d, " dims, got ", (x).dim())
-#define PP_CHECK_SAME_DEVICE(op, x, y)                                                    \
-  TORCH_CHECK((x).device() == (y).device(), op ": " #x " and " #y " must be on the same " \
-              "device, got ", (x).device(), " and ", (y).device())
-#define PP_CHECK_SAME_DTYPE(op, x, y)                                                   \
-  TORCH_CHECK((x).scalar_type() == (y).scalar_type(), op ": " #x " and " #y " must have " \
-              "the same dtype, got ", (x).scalar_type(), " and ", (y).scalar_type())
-#define PP_CHECK_SHAPE(op, x, ...)                                                       \
-  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), op ": " #x " must have shape (" \
-              #__VA_ARGS__ "), got ", (x).sizes())
+#define PP_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
+#define PP_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, __VA_ARGS__)
+#define PP_CHECK_INDEX(cond, ...) TORCH_CHECK_INDEX(cond, __VA_ARGS__)

@@ -117,7 +117,7 @@ void dispatch_dtype(at::ScalarType st, const char* op, F&& f) {
     case at::kFloat: f(float{}); break;
     case at::kBFloat16: f(c10::BFloat16{}); break;
     case at::kHalf: f(c10::Half{}); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", st);
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", st);  // unreachable after the checks
   }
 }
 
@@ -135,8 +135,8 @@ TimeView make_time_view(const char* op, const at::Tensor& t, const c10::optional
         if (p[i] < 0 || p[i] >= m) acc = i;
       return acc;
     }, [](int64_t a, int64_t b) { return a >= 0 ? a : b; });
-    TORCH_CHECK(bad < 0, op, ": index[", bad, "] = ", static_cast<int64_t>(bad >= 0 ? p[bad] : 0),
-                " is out of range for t with ", m, " images (expected 0 <= index < ", m, ")");
+    PP_CHECK_INDEX(bad < 0, op, ": index[", bad, "] = ", static_cast<int64_t>(bad >= 0 ? p[bad] : 0),
+                   " is out of range for t with ", m, " images (expected 0 <= index < ", m, ")");
   };
   if (ix_keep.scalar_type() == at::kLong) {
     tv.i64 = ix_keep.data_ptr<int64_t>();
@@ -152,10 +152,8 @@ TimeView make_time_view(const char* op, const at::Tensor& t, const c10::optional
 at::Tensor rf_interpolate_cpu(const at::Tensor& clean_in, const at::Tensor& noise_in,
                               const at::Tensor& t, const c10::optional<at::Tensor>& index) {
   constexpr const char* op = "rf_interpolate";
-  check_rows(op, "clean", clean_in);
-  check_like(op, "clean", clean_in, "noise", noise_in);
+  check_rf_interpolate(op, clean_in, noise_in, t, index);
   const int64_t n = clean_in.size(0), d = clean_in.size(1);
-  check_t(op, t, index, n, clean_in.device());
   at::Tensor clean = as_rows(clean_in), noise = as_rows(noise_in), t_keep, ix_keep;
   TimeView tv = make_time_view(op, t, index, t_keep, ix_keep);
   at::Tensor z = at::empty({n, d}, clean.options());  // (N, D)
@@ -174,11 +172,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& clean_in, const at::Tensor& noise_in,
     const at::Tensor& t, const c10::optional<at::Tensor>& index, std::array<bool, 3> mask) {
   constexpr const char* op = "rf_interpolate_backward";
-  check_rows(op, "clean", clean_in);
-  check_like(op, "clean", clean_in, "noise", noise_in);
-  check_like(op, "clean", clean_in, "grad", grad_in);
+  check_rf_interpolate(op, clean_in, noise_in, t, index, &grad_in);
   const int64_t n = clean_in.size(0), d = clean_in.size(1);
-  check_t(op, t, index, n, clean_in.device());
   at::Tensor grad = as_rows(grad_in), clean = as_rows(clean_in), noise = as_rows(noise_in);
   at::Tensor t_keep, ix_keep;
   TimeView tv = make_time_view(op, t, index, t_keep, ix_keep);
@@ -203,10 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_cpu(
 at::Tensor rf_mse_cpu(const at::Tensor& pred_in, const at::Tensor& clean_in,
                       const at::Tensor& noise_in, c10::string_view reduction) {
   constexpr const char* op = "rf_mse";
-  const Reduction red = parse_reduction(op, reduction);
-  check_rows(op, "pred", pred_in);
-  check_like(op, "pred", pred_in, "clean", clean_in);
-  check_like(op, "pred", pred_in, "noise", noise_in);
+  const Reduction red = check_rf_mse(op, pred_in, clean_in, noise_in, reduction);
   const int64_t n = pred_in.size(0), d = pred_in.size(1);
   auto f32 = pred_in.options().dtype(at::kFloat);
   at::Tensor rows = red == kNone ? at::empty({n}, f32) : at::Tensor();  // (N,) only for "none"
@@ -241,12 +233,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& pred_in, const at::Tensor& clean_in,
     const at::Tensor& noise_in, c10::string_view reduction, std::array<bool, 3> mask) {
   constexpr const char* op = "rf_mse_backward";
-  const Reduction red = parse_reduction(op, reduction);
-  check_rows(op, "pred", pred_in);
-  check_like(op, "pred", pred_in, "clean", clean_in);
-  check_like(op, "pred", pred_in, "noise", noise_in);
+  const Reduction red = check_rf_mse(op, pred_in, clean_in, noise_in, reduction, &grad_in);
   const int64_t n = pred_in.size(0), d = pred_in.size(1);
-  check_mse_grad(op, grad_in, pred_in, red, reduction);
   at::Tensor pred = as_rows(pred_in), clean = as_rows(clean_in), noise = as_rows(noise_in);
   auto mk = [&](bool on) { return on ? at::empty({n, d}, pred.options()) : empty0(pred); };
   at::Tensor gp = mk(mask[0]), gc = mk(mask[1]), gn = mk(mask[2]);  // (N, D) each

@@ -21,7 +21,7 @@ k::DType to_kernel_dtype(at::ScalarType st) {
     case at::kFloat: return k::DType::kF32;
     case at::kBFloat16: return k::DType::kBF16;
     case at::kHalf: return k::DType::kF16;
-    default: TORCH_CHECK(false, "procpaint flow: unsupported dtype ", st);
+    default: TORCH_CHECK(false, "procpaint flow: unsupported dtype ", st);  // unreachable after the checks
   }
 }
 
@@ -45,10 +45,8 @@ k::TimeArg time_arg(const at::Tensor& t, const c10::optional<at::Tensor>& index,
 at::Tensor rf_interpolate_cuda(const at::Tensor& clean_in, const at::Tensor& noise_in,
                                const at::Tensor& t, const c10::optional<at::Tensor>& index) {
   constexpr const char* op = "rf_interpolate";
-  check_rows(op, "clean", clean_in);
-  check_like(op, "clean", clean_in, "noise", noise_in);
+  check_rf_interpolate(op, clean_in, noise_in, t, index);
   const int64_t n = clean_in.size(0), d = clean_in.size(1);
-  check_t(op, t, index, n, clean_in.device());
   const c10::cuda::CUDAGuard guard(clean_in.device());
   at::Tensor clean = as_rows(clean_in), noise = as_rows(noise_in), t_keep, ix_keep;
   const k::TimeArg ta = time_arg(t, index, t_keep, ix_keep);
@@ -65,11 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& clean_in, const at::Tensor& noise_in,
     const at::Tensor& t, const c10::optional<at::Tensor>& index, std::array<bool, 3> mask) {
   constexpr const char* op = "rf_interpolate_backward";
-  check_rows(op, "clean", clean_in);
-  check_like(op, "clean", clean_in, "noise", noise_in);
-  check_like(op, "clean", clean_in, "grad", grad_in);
+  check_rf_interpolate(op, clean_in, noise_in, t, index, &grad_in);
   const int64_t n = clean_in.size(0), d = clean_in.size(1);
-  check_t(op, t, index, n, clean_in.device());
   const c10::cuda::CUDAGuard guard(clean_in.device());
   at::Tensor grad = as_rows(grad_in), clean = as_rows(clean_in), noise = as_rows(noise_in);
   at::Tensor t_keep, ix_keep;
@@ -90,10 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_cuda(
 at::Tensor rf_mse_cuda(const at::Tensor& pred_in, const at::Tensor& clean_in,
                        const at::Tensor& noise_in, c10::string_view reduction) {
   constexpr const char* op = "rf_mse";
-  const Reduction red = parse_reduction(op, reduction);
-  check_rows(op, "pred", pred_in);
-  check_like(op, "pred", pred_in, "clean", clean_in);
-  check_like(op, "pred", pred_in, "noise", noise_in);
+  const Reduction red = check_rf_mse(op, pred_in, clean_in, noise_in, reduction);
   const int64_t n = pred_in.size(0), d = pred_in.size(1);
   const c10::cuda::CUDAGuard guard(pred_in.device());
   auto f32 = pred_in.options().dtype(at::kFloat);
@@ -118,12 +110,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& pred_in, const at::Tensor& clean_in,
     const at::Tensor& noise_in, c10::string_view reduction, std::array<bool, 3> mask) {
   constexpr const char* op = "rf_mse_backward";
-  const Reduction red = parse_reduction(op, reduction);
-  check_rows(op, "pred", pred_in);
-  check_like(op, "pred", pred_in, "clean", clean_in);
-  check_like(op, "pred", pred_in, "noise", noise_in);
+  const Reduction red = check_rf_mse(op, pred_in, clean_in, noise_in, reduction, &grad_in);
   const int64_t n = pred_in.size(0), d = pred_in.size(1);
-  check_mse_grad(op, grad_in, pred_in, red, reduction);
   const c10::cuda::CUDAGuard guard(pred_in.device());
   at::Tensor pred = as_rows(pred_in), clean = as_rows(clean_in), noise = as_rows(noise_in);
   auto mk = [&](bool on) { return on ? at::empty({n, d}, pred.options()) : empty0(pred); };

@@ -1,6 +1,7 @@
 // Meta (shape-only) implementations of the rectified-flow ops (schemas: csrc/flow/schemas.h),
-// used by torch.compile / FakeTensor tracing. They run the same argument checks as the CPU and
-// CUDA kernels (flow_checks.h) so a bad call fails at trace time with the same message.
+// used by torch.compile / FakeTensor tracing. Each calls the same check_<op> function as the CPU
+// and CUDA kernels (flow_checks.h), so a bad call fails at trace time with the same error. (The
+// index range check reads data and runs in the kernels only.)
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -11,17 +12,14 @@ namespace {
 
 at::Tensor rf_interpolate_meta(const at::Tensor& clean, const at::Tensor& noise, const at::Tensor& t,
                                const c10::optional<at::Tensor>& index) {
-  check_rows("rf_interpolate", "clean", clean);
-  check_like("rf_interpolate", "clean", clean, "noise", noise);
-  check_t("rf_interpolate", t, index, clean.size(0), clean.device());
+  check_rf_interpolate("rf_interpolate", clean, noise, t, index);
   return at::empty_like(clean, at::MemoryFormat::Contiguous);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_meta(
     const at::Tensor& grad, const at::Tensor& clean, const at::Tensor& noise, const at::Tensor& t,
     const c10::optional<at::Tensor>& index, std::array<bool, 3> mask) {
-  check_like("rf_interpolate_backward", "clean", clean, "grad", grad);
-  check_t("rf_interpolate_backward", t, index, clean.size(0), clean.device());
+  check_rf_interpolate("rf_interpolate_backward", clean, noise, t, index, &grad);
   auto full = [&] { return at::empty_like(clean, at::MemoryFormat::Contiguous); };
   return {mask[0] ? full() : empty0(clean), mask[1] ? full() : empty0(clean),
           mask[2] ? at::empty({clean.size(0)}, t.options()) : empty0(t)};
@@ -29,9 +27,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_meta(
 
 at::Tensor rf_mse_meta(const at::Tensor& pred, const at::Tensor& clean, const at::Tensor& noise,
                        c10::string_view reduction) {
-  const Reduction red = parse_reduction("rf_mse", reduction);
-  check_like("rf_mse", "pred", pred, "clean", clean);
-  check_like("rf_mse", "pred", pred, "noise", noise);
+  const Reduction red = check_rf_mse("rf_mse", pred, clean, noise, reduction);
   auto f32 = pred.options().dtype(at::kFloat);
   return red == kNone ? at::empty({pred.size(0)}, f32) : at::empty({}, f32);
 }
@@ -39,10 +35,7 @@ at::Tensor rf_mse_meta(const at::Tensor& pred, const at::Tensor& clean, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_meta(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& clean, const at::Tensor& noise,
     c10::string_view reduction, std::array<bool, 3> mask) {
-  const Reduction red = parse_reduction("rf_mse_backward", reduction);
-  check_like("rf_mse_backward", "pred", pred, "clean", clean);
-  check_like("rf_mse_backward", "pred", pred, "noise", noise);
-  check_mse_grad("rf_mse_backward", grad, pred, red, reduction);
+  check_rf_mse("rf_mse_backward", pred, clean, noise, reduction, &grad);
   auto mk = [&](bool on) {
     return on ? at::empty_like(pred, at::MemoryFormat::Contiguous) : empty0(pred);
   };

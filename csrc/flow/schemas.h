@@ -1,10 +1,10 @@
 // Schemas of the rectified-flow ops (torch.ops.procpaint.*). Declared here once, included by
 // csrc/ops.cpp inside the single TORCH_LIBRARY(procpaint, m) block; kernels register with
 // TORCH_LIBRARY_IMPL beside their code (flow_cpu.cpp: CPU, flow_meta.cpp: Meta, flow_cuda.cpp:
-// CUDA).
+// CUDA); all three run the checks of flow_checks.h.
 // Autograd is registered from Python (procpaint/kernels/flow.py, torch.library.register_autograd).
 //
-// Conventions (docs/DESIGN.md, "Rectified flow"): t = 1 is pure noise.
+// Conventions (docs/ARCHITECTURE.md, "Rectified flow"): t = 1 is pure noise.
 //   clean, noise, pred, x, v, grad (N, D): float32 / bfloat16 / float16, one dtype per call;
 //     any row stride with unit column stride is read in place, other layouts are copied.
 //   t: float32, (N,) per token, or (M,) per image with index (N,) int32/int64 in [0, M).

@@ -1,4 +1,4 @@
-// CPU (OpenMP) and Meta kernels of the packing-mask ops declared in schemas.h.
+// CPU (OpenMP) kernels of the packing-mask ops declared in schemas.h (Meta: packing_meta.cpp).
 //
 // attention_mask / attention_bias write each output row exactly once, as a handful of constant
 // runs (the row pattern of packing_rule.h), with no L*L temporaries. block_mask_tensors
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "packing/packing_checks.h"
 #include "packing/packing_rule.h"
 
 namespace procpaint {
@@ -37,9 +38,7 @@ struct HostSplits {
 };
 
 std::vector<int64_t> to_host_vector(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 1, op, ": ", name, " must be 1-D, got ", t.dim(), " dims");
-  TORCH_CHECK_VALUE(!at::isFloatingType(t.scalar_type()) && t.scalar_type() != at::kBool, op, ": ",
-                    name, " must have an integer dtype, got ", t.scalar_type());
+  packing::check_metadata(op, name, t);
   const at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
   const int64_t* p = c.data_ptr<int64_t>();
   return std::vector<int64_t>(p, p + c.numel());
@@ -54,32 +53,31 @@ HostSplits prepare(const at::Tensor& split_lens, const at::Tensor& split_modes,
   h.mode = to_host_vector(split_modes, op, "split_modes");
   std::vector<int64_t> sample_len = to_host_vector(sample_lens, op, "sample_lens");
   const int64_t S = (int64_t)h.split_len.size(), N = (int64_t)sample_len.size();
-  TORCH_CHECK_VALUE(S > 0 && N > 0, op, ": empty packing (", S, " splits, ", N, " samples)");
-  TORCH_CHECK_VALUE((int64_t)h.mode.size() == S, op, ": split_modes has ", h.mode.size(),
-                    " entries for ", S, " splits");
-  TORCH_CHECK_VALUE(seq_len > 0 && seq_len <= std::numeric_limits<int32_t>::max(), op,
-                    ": seq_len ", seq_len, " must be in [1, 2^31 - 1]");
+  PP_CHECK_VALUE(S > 0 && N > 0, op, ": empty packing (", S, " splits, ", N, " samples)");
+  PP_CHECK_VALUE((int64_t)h.mode.size() == S, op, ": split_modes has ", h.mode.size(),
+                 " entries for ", S, " splits");
+  packing::check_seq_len(op, seq_len);
   h.split_end.resize(S);
   h.nn_end.resize(S);
   h.noise_incl.resize(S);
   h.sample_end.resize(N);
   int64_t acc = 0;
   for (int64_t n = 0; n < N; ++n) {
-    TORCH_CHECK_VALUE(sample_len[n] > 0, op, ": sample_lens[", n, "] = ", sample_len[n], " must be > 0");
+    PP_CHECK_VALUE(sample_len[n] > 0, op, ": sample_lens[", n, "] = ", sample_len[n], " must be > 0");
     acc += sample_len[n];
-    TORCH_CHECK_VALUE(acc <= seq_len, op, ": sum(sample_lens) exceeds seq_len ", seq_len);
+    PP_CHECK_VALUE(acc <= seq_len, op, ": sum(sample_lens) exceeds seq_len ", seq_len);
     h.sample_end[n] = acc;
   }
-  TORCH_CHECK_VALUE(acc == seq_len, op, ": sum(sample_lens) = ", acc, " != seq_len ", seq_len);
+  PP_CHECK_VALUE(acc == seq_len, op, ": sum(sample_lens) = ", acc, " != seq_len ", seq_len);
   int64_t end = 0, nn = 0, noise = 0, sample = 0;
   for (int64_t j = 0; j < S; ++j) {
-    TORCH_CHECK_VALUE(h.split_len[j] > 0, op, ": split_lens[", j, "] = ", h.split_len[j], " must be > 0");
-    TORCH_CHECK_VALUE(h.mode[j] >= 0 && h.mode[j] <= 2, op, ": split_modes[", j, "] = ", h.mode[j],
-                      " is not 0 (causal), 1 (full) or 2 (noise)");
+    PP_CHECK_VALUE(h.split_len[j] > 0, op, ": split_lens[", j, "] = ", h.split_len[j], " must be > 0");
+    PP_CHECK_VALUE(h.mode[j] >= 0 && h.mode[j] <= 2, op, ": split_modes[", j, "] = ", h.mode[j],
+                   " is not 0 (causal), 1 (full) or 2 (noise)");
     end += h.split_len[j];
-    TORCH_CHECK_VALUE(end <= seq_len, op, ": sum(split_lens) exceeds seq_len ", seq_len);
-    TORCH_CHECK_VALUE(end <= h.sample_end[sample], op, ": split ", j, " ends at ", end,
-                      " and crosses the sample boundary at ", h.sample_end[sample]);
+    PP_CHECK_VALUE(end <= seq_len, op, ": sum(split_lens) exceeds seq_len ", seq_len);
+    PP_CHECK_VALUE(end <= h.sample_end[sample], op, ": split ", j, " ends at ", end,
+                   " and crosses the sample boundary at ", h.sample_end[sample]);
     if (end == h.sample_end[sample]) ++sample;
     nn += h.mode[j] == packing::kNoise ? 0 : h.split_len[j];
     noise += h.mode[j] == packing::kNoise ? 1 : 0;
@@ -87,7 +85,7 @@ HostSplits prepare(const at::Tensor& split_lens, const at::Tensor& split_modes,
     h.nn_end[j] = nn;
     h.noise_incl[j] = noise;
   }
-  TORCH_CHECK_VALUE(end == seq_len, op, ": sum(split_lens) = ", end, " != seq_len ", seq_len);
+  PP_CHECK_VALUE(end == seq_len, op, ": sum(split_lens) = ", end, " != seq_len ", seq_len);
   return h;
 }
 
@@ -113,16 +111,6 @@ void fill_rows(T* out, const HostSplits& h, T on, T off) {
   }
 }
 
-void check_out(const at::Tensor& out, const at::Tensor& like, int64_t L, at::ScalarType dtype, const char* op) {
-  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef({L, L}), op, ": out must have shape (", L, ", ", L,
-                    "), got ", out.sizes());
-  TORCH_CHECK_VALUE(out.scalar_type() == dtype, op, ": out must have dtype ", dtype, ", got ",
-                    out.scalar_type());
-  TORCH_CHECK_VALUE(out.is_contiguous(), op, ": out must be contiguous");
-  TORCH_CHECK_VALUE(out.device() == like.device(), op, ": out must be on ", like.device(), ", got ",
-                    out.device());
-}
-
 // 0 / -inf as raw bit patterns: one integer fill routine serves every float width.
 void fill_bias(at::Tensor& out, const HostSplits& h) {
   switch (out.scalar_type()) {
@@ -132,14 +120,15 @@ void fill_bias(at::Tensor& out, const HostSplits& h) {
       break;
     case at::kHalf: fill_rows<uint16_t>((uint16_t*)out.data_ptr(), h, 0, 0xFC00); break;
     case at::kBFloat16: fill_rows<uint16_t>((uint16_t*)out.data_ptr(), h, 0, 0xFF80); break;
-    default: TORCH_CHECK_VALUE(false, "attention_bias: dtype must be a float type, got ", out.scalar_type());
+    default:  // unreachable after the checks
+      TORCH_CHECK(false, "attention_bias: unsupported dtype ", out.scalar_type());
   }
 }
 
 void attention_mask_out_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
                             const at::Tensor& sample_lens, c10::SymInt seq_len, at::Tensor& out) {
   const int64_t L = seq_len.expect_int();
-  check_out(out, split_lens, L, at::kBool, "attention_mask");
+  packing::check_out("attention_mask", out, split_lens, L, at::kBool);
   const HostSplits h = prepare(split_lens, split_modes, sample_lens, L, "attention_mask");
   fill_rows<uint8_t>(reinterpret_cast<uint8_t*>(out.data_ptr<bool>()), h, 1, 0);
 }
@@ -156,8 +145,8 @@ void attention_bias_out_cpu(const at::Tensor& split_lens, const at::Tensor& spli
                             const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype,
                             at::Tensor& out) {
   const int64_t L = seq_len.expect_int();
-  TORCH_CHECK_VALUE(at::isFloatingType(dtype), "attention_bias: dtype must be a float type, got ", dtype);
-  check_out(out, split_lens, L, dtype, "attention_bias");
+  packing::check_bias_dtype(dtype);
+  packing::check_out("attention_bias", out, split_lens, L, dtype);
   const HostSplits h = prepare(split_lens, split_modes, sample_lens, L, "attention_bias");
   fill_bias(out, h);
 }
@@ -165,7 +154,7 @@ void attention_bias_out_cpu(const at::Tensor& split_lens, const at::Tensor& spli
 at::Tensor attention_bias_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
                               const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype) {
   const int64_t L = seq_len.expect_int();
-  TORCH_CHECK_VALUE(at::isFloatingType(dtype), "attention_bias: dtype must be a float type, got ", dtype);
+  packing::check_bias_dtype(dtype);
   at::Tensor out = at::empty({L, L}, split_lens.options().dtype(dtype));
   attention_bias_out_cpu(split_lens, split_modes, sample_lens, seq_len, dtype, out);
   return out;
@@ -190,7 +179,7 @@ BlockTensors as_tuple(const std::vector<at::Tensor>& o) {
 BlockTensors block_mask_tensors_cpu(const at::Tensor& split_lens, const at::Tensor& split_modes,
                                     const at::Tensor& sample_lens, c10::SymInt seq_len, int64_t block_size) {
   const int64_t L = seq_len.expect_int();
-  TORCH_CHECK_VALUE(block_size > 0, "block_mask_tensors: block_size must be > 0, got ", block_size);
+  packing::check_block_size(block_size);
   const HostSplits h = prepare(split_lens, split_modes, sample_lens, L, "block_mask_tensors");
   const SplitArrays s = h.view();
   const int64_t nb = (L + block_size - 1) / block_size;
@@ -221,38 +210,6 @@ BlockTensors block_mask_tensors_cpu(const at::Tensor& split_lens, const at::Tens
   return as_tuple(out);
 }
 
-// ---- Meta: shapes only, symbolic in seq_len ----
-
-at::Tensor attention_mask_meta(const at::Tensor& split_lens, const at::Tensor&, const at::Tensor&,
-                               c10::SymInt seq_len) {
-  return at::empty_symint({seq_len, seq_len}, split_lens.options().dtype(at::kBool));
-}
-
-at::Tensor attention_bias_meta(const at::Tensor& split_lens, const at::Tensor&, const at::Tensor&,
-                               c10::SymInt seq_len, at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(at::isFloatingType(dtype), "attention_bias: dtype must be a float type, got ", dtype);
-  return at::empty_symint({seq_len, seq_len}, split_lens.options().dtype(dtype));
-}
-
-void attention_mask_out_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt,
-                             at::Tensor&) {}
-
-void attention_bias_out_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt,
-                             at::ScalarType, at::Tensor&) {}
-
-BlockTensors block_mask_tensors_meta(const at::Tensor& split_lens, const at::Tensor&, const at::Tensor&,
-                                     c10::SymInt seq_len, int64_t block_size) {
-  TORCH_CHECK_VALUE(block_size > 0, "block_mask_tensors: block_size must be > 0, got ", block_size);
-  const c10::SymInt nb = (seq_len + block_size - 1) / block_size;
-  const at::TensorOptions opt = split_lens.options().dtype(at::kInt);
-  std::vector<at::Tensor> out;
-  for (int i = 0; i < 4; ++i) {
-    out.push_back(at::empty_symint({1, 1, nb}, opt));
-    out.push_back(at::empty_symint({1, 1, nb, nb}, opt));
-  }
-  return as_tuple(out);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(procpaint, CPU, m) {
@@ -261,14 +218,6 @@ TORCH_LIBRARY_IMPL(procpaint, CPU, m) {
   m.impl("attention_mask_out", &attention_mask_out_cpu);
   m.impl("attention_bias_out", &attention_bias_out_cpu);
   m.impl("block_mask_tensors", &block_mask_tensors_cpu);
-}
-
-TORCH_LIBRARY_IMPL(procpaint, Meta, m) {
-  m.impl("attention_mask", &attention_mask_meta);
-  m.impl("attention_bias", &attention_bias_meta);
-  m.impl("attention_mask_out", &attention_mask_out_meta);
-  m.impl("attention_bias_out", &attention_bias_out_meta);
-  m.impl("block_mask_tensors", &block_mask_tensors_meta);
 }
 
 }  // namespace procpaint

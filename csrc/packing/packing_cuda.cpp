@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "packing/packing_checks.h"
 #include "packing/packing_kernels.cuh"
 
 namespace procpaint {
@@ -32,24 +33,21 @@ struct DeviceSplits {
 };
 
 void check_index_tensor(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 1, op, ": ", name, " must be 1-D, got ", t.dim(), " dims");
-  TORCH_CHECK_VALUE(t.numel() > 0, op, ": ", name, " is empty");
-  TORCH_CHECK_VALUE(!at::isFloatingType(t.scalar_type()) && t.scalar_type() != at::kBool, op, ": ", name,
-                    " must have an integer dtype, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " must be on ", like.device(), ", got ",
-              t.device());
+  packing::check_metadata(op, name, t);
+  PP_CHECK_VALUE(t.numel() > 0, op, ": ", name, " is empty");
+  PP_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " must be on ", like.device(), ", got ",
+                 t.device());
 }
 
 DeviceSplits prepare(const at::Tensor& split_lens, const at::Tensor& split_modes,
                      const at::Tensor& sample_lens, int64_t seq_len, const char* op) {
-  TORCH_CHECK(split_lens.is_cuda(), op, ": split_lens must be a CUDA tensor");
+  PP_CHECK_VALUE(split_lens.is_cuda(), op, ": split_lens must be a CUDA tensor");
   check_index_tensor(split_lens, split_lens, op, "split_lens");
   check_index_tensor(split_modes, split_lens, op, "split_modes");
   check_index_tensor(sample_lens, split_lens, op, "sample_lens");
-  TORCH_CHECK_VALUE(split_modes.numel() == split_lens.numel(), op, ": split_modes has ",
-                    split_modes.numel(), " entries for ", split_lens.numel(), " splits");
-  TORCH_CHECK_VALUE(seq_len > 0 && seq_len <= std::numeric_limits<int32_t>::max(), op, ": seq_len ",
-                    seq_len, " must be in [1, 2^31 - 1]");
+  PP_CHECK_VALUE(split_modes.numel() == split_lens.numel(), op, ": split_modes has ",
+                 split_modes.numel(), " entries for ", split_lens.numel(), " splits");
+  packing::check_seq_len(op, seq_len);
   DeviceSplits d;
   d.split_len = split_lens.to(at::kLong).contiguous();
   d.mode = split_modes.to(at::kLong).contiguous();
@@ -74,22 +72,13 @@ void fill(at::Tensor& out, const DeviceSplits& d, int64_t L, uint64_t on, uint64
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_out(const at::Tensor& out, const at::Tensor& like, int64_t L, at::ScalarType dtype, const char* op) {
-  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef({L, L}), op, ": out must have shape (", L, ", ", L,
-                    "), got ", out.sizes());
-  TORCH_CHECK_VALUE(out.scalar_type() == dtype, op, ": out must have dtype ", dtype, ", got ",
-                    out.scalar_type());
-  TORCH_CHECK_VALUE(out.is_contiguous(), op, ": out must be contiguous");
-  TORCH_CHECK(out.device() == like.device(), op, ": out must be on ", like.device(), ", got ", out.device());
-}
-
 uint64_t neg_inf_bits(at::ScalarType dtype) {
   switch (dtype) {
     case at::kFloat: return 0xFF800000ull;
     case at::kDouble: return 0xFFF0000000000000ull;
     case at::kHalf: return 0xFC00ull;
     case at::kBFloat16: return 0xFF80ull;
-    default: TORCH_CHECK_VALUE(false, "attention_bias: dtype must be a float type, got ", dtype);
+    default: TORCH_CHECK(false, "attention_bias: unsupported dtype ", dtype);  // unreachable after the checks
   }
   return 0;
 }
@@ -98,7 +87,7 @@ void attention_mask_out_cuda(const at::Tensor& split_lens, const at::Tensor& spl
                              const at::Tensor& sample_lens, c10::SymInt seq_len, at::Tensor& out) {
   const int64_t L = seq_len.expect_int();
   const c10::cuda::CUDAGuard guard(split_lens.device());
-  check_out(out, split_lens, L, at::kBool, "attention_mask");
+  packing::check_out("attention_mask", out, split_lens, L, at::kBool);
   const DeviceSplits d = prepare(split_lens, split_modes, sample_lens, L, "attention_mask");
   fill(out, d, L, 1, 0);
 }
@@ -116,8 +105,9 @@ void attention_bias_out_cuda(const at::Tensor& split_lens, const at::Tensor& spl
                              at::Tensor& out) {
   const int64_t L = seq_len.expect_int();
   const c10::cuda::CUDAGuard guard(split_lens.device());
+  packing::check_bias_dtype(dtype);
   const uint64_t off = neg_inf_bits(dtype);
-  check_out(out, split_lens, L, dtype, "attention_bias");
+  packing::check_out("attention_bias", out, split_lens, L, dtype);
   const DeviceSplits d = prepare(split_lens, split_modes, sample_lens, L, "attention_bias");
   fill(out, d, L, 0, off);
 }
@@ -125,7 +115,7 @@ void attention_bias_out_cuda(const at::Tensor& split_lens, const at::Tensor& spl
 at::Tensor attention_bias_cuda(const at::Tensor& split_lens, const at::Tensor& split_modes,
                                const at::Tensor& sample_lens, c10::SymInt seq_len, at::ScalarType dtype) {
   const int64_t L = seq_len.expect_int();
-  neg_inf_bits(dtype);  // rejects non-float dtypes before allocating
+  packing::check_bias_dtype(dtype);  // before allocating
   at::Tensor out = at::empty({L, L}, split_lens.options().dtype(dtype));
   attention_bias_out_cuda(split_lens, split_modes, sample_lens, seq_len, dtype, out);
   return out;
@@ -135,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 block_mask_tensors_cuda(const at::Tensor& split_lens, const at::Tensor& split_modes,
                         const at::Tensor& sample_lens, c10::SymInt seq_len, int64_t block_size) {
   const int64_t L = seq_len.expect_int();
-  TORCH_CHECK_VALUE(block_size > 0, "block_mask_tensors: block_size must be > 0, got ", block_size);
+  packing::check_block_size(block_size);
   const c10::cuda::CUDAGuard guard(split_lens.device());
   const DeviceSplits d = prepare(split_lens, split_modes, sample_lens, L, "block_mask_tensors");
   const int64_t nb = (L + block_size - 1) / block_size;

@@ -2,7 +2,7 @@
 // (packing_kernels.cu) compile: plain structs over raw pointers and __host__ __device__ inline
 // functions, <cstdint> only (no torch, no CUDA runtime), so the two backends cannot drift.
 //
-// Rule (DESIGN.md, BAGEL's create_sparse_mask): query q may attend key k iff
+// Rule (docs/ARCHITECTURE.md, "Mask semantics"; BAGEL's create_sparse_mask): query q may attend key k iff
 //   same_sample(q, k) AND (k <= q OR same full-or-noise split(q, k))
 //                     AND NOT (k in a noise split AND q not in that split).
 // Per query q in split j = [a, b) of sample [s0, s1) this is one row pattern:

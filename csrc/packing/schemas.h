@@ -1,6 +1,7 @@
 // Schemas of the packing-mask ops (torch.ops.procpaint.*). Declared here once, included by
 // csrc/ops.cpp inside the single TORCH_LIBRARY(procpaint, m) block; kernels register with
-// TORCH_LIBRARY_IMPL beside their code (packing_cpu.cpp, packing_cuda.cpp, Meta in packing_cpu.cpp).
+// TORCH_LIBRARY_IMPL beside their code (packing_cpu.cpp: CPU, packing_meta.cpp: Meta,
+// packing_cuda.cpp: CUDA); all three run the checks of packing_checks.h.
 //
 // split_lens / sample_lens: integer 1-D tensors on the target device; split_modes: integer codes
 // 0 = causal, 1 = full, 2 = noise (procpaint/kernels/packing.py). seq_len = sum(split_lens) = L.

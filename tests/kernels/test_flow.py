@@ -268,20 +268,51 @@ def test_public_errors_name_the_argument(call, match):
         call(c, n, torch.rand(5))
 
 
-def test_native_errors_name_the_argument(native):
+# Bad direct calls of the native ops: (call on tensors of one device, error type, message). The
+# types follow csrc/common/checks.h: ValueError for shapes, sizes, devices and values, TypeError
+# for dtypes (IndexError for index data: CPU kernel only, below).
+NATIVE_BAD_CALLS = [
+    (lambda c, n: OPS.rf_interpolate(c, n, torch.rand(5, device=c.device).double(), None),
+     TypeError, "rf_interpolate: t must be float32"),
+    (lambda c, n: OPS.rf_interpolate(c, n[:4], torch.rand(5, device=c.device), None),
+     ValueError, "rf_interpolate: noise must have the shape of clean"),
+    (lambda c, n: OPS.rf_interpolate_backward(c, c, n.half(), torch.rand(5, device=c.device), None,
+                                              [True, True, True]),
+     TypeError, "rf_interpolate_backward: noise must have the dtype of clean"),
+    (lambda c, n: OPS.rf_interpolate_backward(c[:, :2], c, n, torch.rand(5, device=c.device), None,
+                                              [True, True, True]),
+     ValueError, "rf_interpolate_backward: grad must have the shape of clean"),
+    (lambda c, n: OPS.rf_interpolate(c, n, torch.rand(2, device=c.device),
+                                     torch.zeros(5, device=c.device)),
+     TypeError, "rf_interpolate: index must be int64 or int32"),
+    (lambda c, n: OPS.rf_mse(c, c, n, "avg"),
+     ValueError, "rf_mse: reduction must be 'none', 'mean' or 'sum'"),
+    (lambda c, n: OPS.rf_mse(c, c, n.half(), "mean"), TypeError, "rf_mse: noise must have the dtype of pred"),
+    (lambda c, n: OPS.rf_mse(c[0], c[0], n[0], "mean"), ValueError, r"rf_mse: pred must have shape \(N, D\)"),
+    (lambda c, n: OPS.rf_mse_backward(torch.tensor(1.0, device=c.device), c, c, n, "none",
+                                      [True, True, True]),
+     ValueError, r"rf_mse_backward: grad must have shape \(5,\)"),
+    (lambda c, n: OPS.rf_mse_backward(torch.ones(5, device=c.device).double(), c, c, n, "none",
+                                      [True, True, True]),
+     TypeError, "rf_mse_backward: grad must be float32"),
+    (lambda c, n: OPS.euler_step(c, n[:2], 0.1), ValueError, "euler_step: v must have the shape of x"),
+    (lambda c, n: OPS.euler_step(c.int(), n.int(), 0.1), TypeError, "euler_step: x must be float32"),
+]
+
+
+@pytest.mark.parametrize("call,error,match", NATIVE_BAD_CALLS)
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_native_errors_name_the_argument(native, device, call, error, match):
+    """CPU kernels and Meta implementations run the same checks (csrc/flow/flow_checks.h)."""
+    c, n = torch.randn(5, 3, device=device), torch.randn(5, 3, device=device)
+    with pytest.raises(error, match=match):
+        call(c, n)
+
+
+def test_native_index_out_of_range_is_an_index_error(native):
     c, n = torch.randn(5, 3), torch.randn(5, 3)
-    with pytest.raises(RuntimeError, match=r"rf_interpolate: index\[1\] = 7 is out of range"):
+    with pytest.raises(IndexError, match=r"rf_interpolate: index\[1\] = 7 is out of range"):
         OPS.rf_interpolate(c, n, torch.rand(2), torch.tensor([0, 7, 1, 0, 1]))
-    with pytest.raises(RuntimeError, match="rf_interpolate: t must be float32"):
-        OPS.rf_interpolate(c, n, torch.rand(5).double(), None)
-    with pytest.raises(RuntimeError, match="rf_mse: reduction must be 'none', 'mean' or 'sum'"):
-        OPS.rf_mse(c, c, n, "avg")
-    with pytest.raises(RuntimeError, match="rf_mse: noise must have the dtype of pred"):
-        OPS.rf_mse(c, c, n.half(), "mean")
-    with pytest.raises(RuntimeError, match=r"rf_mse_backward: grad must have shape \(5,\)"):
-        OPS.rf_mse_backward(torch.tensor(1.0), c, c, n, "none", [True, True, True])
-    with pytest.raises(RuntimeError, match="euler_step: v must have the shape of x"):
-        OPS.euler_step(c, n[:2], 0.1)
 
 
 # --------------------------------------------------------------------------- timesteps

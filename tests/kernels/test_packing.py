@@ -115,6 +115,42 @@ def test_native_op_rejects_bad_metadata_with_value_error(native):
         torch.ops.procpaint.attention_mask(split_lens, modes, samples, L + 1)
 
 
+def _bad_native_calls():
+    """(call on the op arguments of EXAMPLE, error type, message): mistakes the checks of
+    csrc/packing/packing_checks.h catch without reading values, so CPU and Meta both raise."""
+    ops = torch.ops.procpaint
+    return [
+        (lambda s, m, n, L: ops.attention_mask(s.float(), m, n, L),
+         TypeError, "split_lens must have an integer"),
+        (lambda s, m, n, L: ops.attention_mask(s, m[None], n, L), ValueError, "split_modes must be 1-D"),
+        (lambda s, m, n, L: ops.attention_bias(s, m, n, L, torch.int32),
+         TypeError, "dtype must be a float type"),
+        (lambda s, m, n, L: ops.attention_bias_out(s, m, n, L, torch.int64,
+                                                   torch.empty(L, L, device=s.device)),
+         TypeError, "dtype must be a float type"),
+        (lambda s, m, n, L: ops.block_mask_tensors(s, m, n, L, 0), ValueError, "block_size must be > 0"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_native_errors_by_kind(native, device, case):
+    """Error types follow csrc/common/checks.h: ValueError for shapes and values, TypeError for
+    dtypes; the Meta implementations run the same checks as the kernels."""
+    call, error, match = _bad_native_calls()[case]
+    with pytest.raises(error, match=match):
+        call(*op_args(EXAMPLE, device))
+
+
+def test_native_out_dtype_is_a_type_error(native):
+    split_lens, modes, samples, L = op_args(EXAMPLE)
+    with pytest.raises(TypeError, match="attention_mask: out must have dtype Bool"):
+        torch.ops.procpaint.attention_mask_out(split_lens, modes, samples, L, torch.empty(L, L))
+    with pytest.raises(ValueError, match=r"attention_mask: out must have shape \(11, 11\)"):
+        torch.ops.procpaint.attention_mask_out(split_lens, modes, samples, L,
+                                               torch.empty(L, 3, dtype=torch.bool))
+
+
 @pytest.mark.parametrize(("args", "phrase"), [
     (([], [], []), "empty packing"),
     (([3, 0], ["causal", "full"], [3]), r"split_lens\[1\] = 0 must be positive"),
