@@ -5,20 +5,22 @@ Measures, per prompt:
      forward passes and wall time, with the KV cache;
   2. the KV cache against its baseline, recomputing the whole prefix at every call (use_cache=False),
      on the same 4-image and 5-image trajectories (target: >= 3x);
-  3. batching: 8 trajectories in one batch vs one by one.
+  3. batching: 16 trajectories in one batch vs one by one (target >= 2x), and where a batch's time
+     goes (embedding, masks/cache slots, transformer, cache writes, next-token and flow updates).
 
 A randomly initialised model writes noise, so trajectories are scripted (a logits processor biases
 the next token of a fixed 4- or 5-image script); every call still runs the full model and sampler,
 so costs are those of real trajectories of that shape. ``--ckpt`` uses trained weights instead
 (then the model's own trajectory lengths decide the cost).
 
-    python benchmarks/bench_generate.py [--preset small] [--steps 50] [--quick] [--out FILE.md]
+    python benchmarks/bench_generate.py [--preset small] [--steps 50] [--batch 16] [--quick] [--out FILE.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 import time
@@ -40,6 +42,7 @@ ROUND = ["<ins>add a red circle left of a blue square</ins>", "<des>a red circle
          "VS", "the image matches the plan"]
 REFINE = ["the image is missing a blue square", "<refine>add a blue square</refine>", "VS"]
 SCRIPTS = {4: ROUND + REFINE + ROUND + ROUND + ["EOS"], 5: ROUND + REFINE + ROUND + REFINE + ROUND + ["EOS"]}
+LOAD = 0.0
 PROMPT = "a photo of a red circle left of a blue square"
 
 
@@ -79,14 +82,18 @@ def main() -> None:
     ap.add_argument("--ckpt", help="use trained weights (.ckpt or export dir) instead of a random model")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP spin on small ops)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--batch", type=int, default=16, help="prompts of the batched rows")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="10 flow steps, 1 repeat")
     ap.add_argument("--out", help="write a markdown table here")
     args = ap.parse_args()
+    global LOAD
+    LOAD = os.getloadavg()[0]
     if args.quick:
         args.steps, args.repeats = 10, 1
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.ckpt:
         gen = load_generator(args.ckpt)
         scripts = {k: None for k in SCRIPTS}
@@ -104,24 +111,36 @@ def main() -> None:
     def row(name, secs, res, note=""):
         r = res[0]
         rows.append((name, r.num_images, r.forward_passes, r.model_tokens, secs, note))
-        print(f"{name:<40} images={r.num_images} passes={r.forward_passes:>4} tokens={r.model_tokens:>7} "
+        print(f"{name:<44} images={r.num_images} passes={r.forward_passes:>4} tokens={r.model_tokens:>7} "
               f"{secs:8.3f} s  {note}", flush=True)
 
     t_sp, r_sp = timed(gen, [PROMPT], replace(cfg, mode="single-pass"), None, args.repeats)
     row("single-pass (cache)", t_sp, r_sp)
-    ratios = {}
+    ratios, cache_mb = {}, {}
     for n in (4, 5):
         t_c, r_c = timed(gen, [PROMPT], cfg, scripts[n], args.repeats)
-        row(f"process {n}-image script (cache)", t_c, r_c, f"{t_c / t_sp:.1f}x single-pass time")
+        cache_mb[n] = gen.last_profile["cache bytes at peak"] / 2**20
+        row(f"process {n}-image script (cache)", t_c, r_c,
+            f"{t_c / t_sp:.1f}x single-pass time; cache {cache_mb[n]:.2f} MB at its peak")
         t_u, r_u = timed(gen, [PROMPT], replace(cfg, use_cache=False), scripts[n], args.repeats)
         ratios[n] = t_u / t_c
         row(f"process {n}-image script (recompute prefix)", t_u, r_u, f"cache speed-up {ratios[n]:.2f}x")
-    t_cfg, r_cfg = timed(gen, [PROMPT], replace(cfg, cfg_text_scale=4.0, cfg_image_scale=2.0), scripts[4], 1)
-    row("process 4-image, text+image CFG (cache)", t_cfg, r_cfg, f"{t_cfg / rows[1][4]:.2f}x no-CFG time")
-    n_b = 8
-    t_b, r_b = timed(gen, [PROMPT] * n_b, cfg, scripts[4], 1)
     t_1 = rows[1][4]
-    row(f"process 4-image, batch of {n_b} (per prompt)", t_b / n_b, r_b, f"{t_1 * n_b / t_b:.2f}x one-by-one")
+    t_cfg, r_cfg = timed(gen, [PROMPT], replace(cfg, cfg_text_scale=4.0, cfg_image_scale=2.0), scripts[4], 1)
+    row("process 4-image, text+image CFG (cache)", t_cfg, r_cfg, f"{t_cfg / t_1:.2f}x no-CFG time")
+    t_tcfg, r_tcfg = timed(gen, [PROMPT], replace(cfg, cfg_text_scale=4.0), scripts[4], 1)
+    row("process 4-image, text CFG (cache)", t_tcfg, r_tcfg, f"{t_tcfg / t_1:.2f}x no-CFG time")
+    n_b = args.batch
+    t_b, r_b = timed(gen, [PROMPT] * n_b, cfg, scripts[4], 1)
+    profile = dict(gen.last_profile)
+    batch_x = t_1 * n_b / t_b
+    row(f"process 4-image, batch of {n_b} (per prompt)", t_b / n_b, r_b, f"{batch_x:.2f}x one-by-one")
+    t_bc, r_bc = timed(gen, [PROMPT] * n_b, replace(cfg, cfg_text_scale=4.0), scripts[4], 1)
+    row(f"process 4-image, text CFG, batch of {n_b} (per prompt)", t_bc / n_b, r_bc,
+        f"{t_tcfg * n_b / t_bc:.2f}x one-by-one")
+    print("\nwhere the batch's time went:")
+    for k, v in profile.items():
+        print(f"  {k:<50} {v:10.3f}")
 
     if args.out:
         cpu = platform.processor() or platform.machine()
@@ -135,7 +154,7 @@ def main() -> None:
         cores = torch.multiprocessing.cpu_count()
         lines = [f"# bench_generate — {datetime.date.today()}", "",
                  f"- machine: {cpu}, {torch.get_num_threads()} torch thread(s) of "
-                 f"{cores} cores (shared with other jobs); torch {torch.__version__}",
+                 f"{cores} cores, 1-min load average at start {LOAD:.2f}; torch {torch.__version__}",
                  f"- model: {what} "
                  f"(hidden {mc.hidden_size}, {mc.num_layers} layers, MoT={mc.mot}), image "
                  f"{gen.image_size}px = {(gen.image_size // mc.pixels_per_token) ** 2} latent tokens, "
@@ -146,7 +165,14 @@ def main() -> None:
                  "|---|---:|---:|---:|---:|---|"]
         lines += [f"| {a} | {b} | {c} | {d} | {e:.3f} | {f} |" for a, b, c, d, e, f in rows]
         lines += ["", f"KV cache speed-up over recomputing the prefix: {ratios[4]:.2f}x (4 images), "
-                  f"{ratios[5]:.2f}x (5 images); target >= 3x.", ""]
+                  f"{ratios[5]:.2f}x (5 images); target >= 3x. Cache memory per trajectory at its peak: "
+                  f"{cache_mb[4]:.2f} MB (4 images), {cache_mb[5]:.2f} MB (5 images).",
+                  f"Batching: {batch_x:.2f}x one-by-one at batch {n_b}; target >= 2x.", "",
+                  f"Where the batch-of-{n_b} run's time went (seconds; model-call parts sum to the calls):",
+                  "", "| part | seconds | share of wall |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v:.3f} | {v / t_b:.0%} |" if "(count)" not in k and "bytes" not in k
+                  else f"| {k} | {v:.0f} | |" for k, v in profile.items()]
+        lines += [""]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines))
         print(f"wrote {args.out}")

@@ -1,21 +1,26 @@
-"""One model call for many trajectory branches at once, with an append-only packed KV cache.
+"""One model call for many trajectory branches at once, with a per-branch KV cache.
 
-Inference builds exactly the layout training uses (DESIGN.md, "The packed sequence"): text advances
+Inference builds exactly the layout training uses (docs/ARCHITECTURE.md, "The packed sequence"): text advances
 the RoPE id by one per token; an image split ``<|vision_start|> + h*w latents + <|vision_end|>``
 shares one id; a noised split being sampled does not advance it and its clean copy reuses the id.
 
 Every call runs a list of :class:`Query` — the new splits of one *branch* (a trajectory's main
-context, or one of its CFG branches) — packed into one sequence. Keys are the packed cache followed
-by the new tokens; the (Lq, Lp + Lq) mask is
+context, or one of its CFG branches) — packed into one sequence for the per-token work (embeddings,
+projections, MLPs: one matmul over every query's tokens). Attention is per query: its keys are
 
-    cache part:  key k belongs to the query's cache owner and k.serial < query.limit
+    cache part:  the first ``limit`` rows of its owner's cache (its context so far)
     new part:    the mask rule within the query's own splits (causal text, a full/noise split sees
-                 itself whole, nobody else sees a noise split), never across queries
+                 itself whole, nobody else sees a noise split; ``kernels.packing.attention_mask``
+                 with the query as one sample), never another query's tokens
 
 so a text-CFG branch reads a *prefix* of its trajectory's cache through ``limit`` (the context as it
-was at the last image) instead of keeping a copy. The cache is append-only and interleaves owners;
-rows are told apart by ``owner`` / ``serial``, so order in it does not matter (RoPE is applied before
-caching). Noise splits are never written; everything else of a writing query is.
+was at the last image) instead of keeping a copy, and the work of a call grows linearly with the
+number of queries (each attends only its own context), not quadratically as one packed mask would.
+
+The cache (:class:`BranchCache`) keeps, per owner and per layer, head-major key/value buffers with
+spare capacity. A call writes each query's new keys after its owner's rows, attends to a view of the
+buffer, and keeps (moves into place) the non-noise rows of writing queries; nothing of the cache is
+copied per call. RoPE is applied before caching.
 
 Without a cache (``use_cache=False`` in the config) callers pass each branch's whole context as new
 splits: the same rule, recomputed every call — the reference the cache is tested against.
@@ -23,13 +28,15 @@ splits: the same rule, recomputed every call — the reference the cache is test
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from procpaint.model import AttnContext, ProcPaintModel, Routing
-
-CAUSAL, FULL, NOISE = 0, 1, 2
+from procpaint.kernels import packing
+from procpaint.model import ProcPaintModel, Routing
 
 
 @dataclass
@@ -58,11 +65,18 @@ class ImageSeg:
 Seg = TextSeg | ImageSeg
 
 
+def seg_mode(seg: Seg) -> str:
+    """The attention mode of a split (kernels.packing.MODES)."""
+    if isinstance(seg, TextSeg):
+        return "causal"
+    return "noise" if seg.noise else "full"
+
+
 @dataclass
 class Query:
     segs: list[Seg]                   # the new splits of one branch, in order
     owner: int = -1                   # cache owner whose rows it reads (-1: none)
-    limit: int = 1 << 62              # reads rows with serial < limit
+    limit: int = 1 << 62              # reads the owner's first ``limit`` rows
     write: bool = False               # append its non-noise tokens to ``owner``'s cache rows
 
     @property
@@ -71,43 +85,138 @@ class Query:
 
 
 @dataclass
-class PackedCache:
-    """Per layer (k, v) (Lp, Hkv, hd), plus each row's owner and serial (its index in the owner's context)."""
+class _Rows:
+    """One owner's cache: per layer (Hkv, capacity, hd) key and value buffers, ``length`` rows used."""
 
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    owner: torch.Tensor | None = None       # (Lp,) int64, on the CPU (masks are built there)
-    serial: torch.Tensor | None = None      # (Lp,) int64, on the CPU
-    next_serial: dict[int, int] = field(default_factory=dict)
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[1]
+
+
+@dataclass
+class BranchCache:
+    """Keys/values of every live branch, per owner (a trajectory's main context or a CFG branch)."""
+
+    rows: dict[int, _Rows] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
-        return 0 if self.owner is None else int(self.owner.numel())
+        """Rows held, all owners together."""
+        return sum(r.length for r in self.rows.values())
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (CPU int64 indexes into the cache), in that order."""
-        dev_rows = rows.to(self.kv[0][0].device)
-        self.kv = [(k.index_select(0, dev_rows), v.index_select(0, dev_rows)) for k, v in self.kv]
-        self.owner, self.serial = self.owner.index_select(0, rows), self.serial.index_select(0, rows)
+    def length_of(self, owner: int) -> int:
+        r = self.rows.get(owner)
+        return 0 if r is None else r.length
+
+    def nbytes(self, owner: int | None = None, *, allocated: bool = False) -> int:
+        """Bytes of keys+values held by ``owner`` (all owners if None): used rows, or allocated capacity."""
+        total = 0
+        for o, r in self.rows.items():
+            if owner is not None and o != owner:
+                continue
+            n = r.capacity if allocated else r.length
+            total += sum(2 * k.shape[0] * n * k.shape[2] * k.element_size() for k in r.k)
+        return total
+
+    def reserve(self, owner: int, rows: int, like: list[tuple[int, int, torch.dtype, torch.device]]) -> _Rows:
+        """The owner's buffers with room for ``rows`` more rows (capacity doubles; rows kept)."""
+        r = self.rows.get(owner)
+        need = (0 if r is None else r.length) + rows
+        if r is not None and need <= r.capacity:
+            return r
+        cap = max(64, need, 2 * (0 if r is None else r.capacity))
+        k = [torch.empty(h, cap, d, dtype=dt, device=dev) for h, d, dt, dev in like]
+        v = [torch.empty_like(x) for x in k]
+        n = 0 if r is None else r.length
+        if n:
+            for i in range(len(k)):
+                k[i][:, :n] = r.k[i][:, :n]
+                v[i][:, :n] = r.v[i][:, :n]
+        self.rows[owner] = _Rows(k, v, n)
+        return self.rows[owner]
 
     def fork(self, src: int, dst: int) -> None:
         """Copy ``src``'s rows under the new owner ``dst`` (a CFG branch that starts as a copy)."""
-        self.next_serial[dst] = self.next_serial.get(src, 0)
-        if self.length == 0:
+        r = self.rows.get(src)
+        if r is None:
             return
-        rows = (self.owner == src).nonzero().squeeze(1)
-        dev_rows = rows.to(self.kv[0][0].device)
-        self.kv = [(torch.cat([k, k[dev_rows]]), torch.cat([v, v[dev_rows]])) for k, v in self.kv]
-        self.owner = torch.cat([self.owner, torch.full_like(rows, dst)])
-        self.serial = torch.cat([self.serial, self.serial[rows]])
+        n = r.length
+        self.rows[dst] = _Rows([k.clone() for k in r.k], [v.clone() for v in r.v], n)
 
     def drop(self, owners: list[int]) -> None:
-        """Forget finished branches (their rows would still cost attention work)."""
-        if self.length == 0 or not owners:
-            return
-        keep = ~torch.isin(self.owner, torch.tensor(owners))
+        """Forget finished branches."""
         for o in owners:
-            self.next_serial.pop(o, None)
-        self.select(keep.nonzero().squeeze(1))
+            self.rows.pop(o, None)
+
+
+class _CallKV:
+    """Attention of one call: each query against its owner's cache rows and its own new tokens.
+
+    Given to the model as ``forward_hidden(kv=...)``; every layer calls :meth:`attend`.
+    """
+
+    def __init__(self, cache: BranchCache, queries: list[Query], spans: list[tuple[int, int]],
+                 masks: list[torch.Tensor | None], device: torch.device):
+        self.cache, self.queries, self.spans, self.device = cache, queries, spans, device
+        # Per query: where its new rows go in its owner's buffer (start), and its key mask.
+        self.slots: list[tuple[_Rows | None, int]] = []
+        self.masks: list[torch.Tensor | None] = []
+        offset: dict[int, int] = {}
+        for q, (a, b), new_mask in zip(queries, spans, masks):
+            n = b - a
+            r = cache.rows.get(q.owner) if q.owner >= 0 else None
+            if r is None:
+                self.slots.append((None, 0))
+                self.masks.append(new_mask)
+                continue
+            start = r.length + offset.get(q.owner, 0)
+            offset[q.owner] = offset.get(q.owner, 0) + n
+            visible = min(q.limit, r.length)
+            if visible == start and new_mask is None:
+                self.masks.append(None)               # the whole prefix and itself whole
+            else:
+                m = torch.zeros(n, start + n, dtype=torch.bool)
+                m[:, :visible] = True
+                m[:, start:] = True if new_mask is None else new_mask
+                self.masks.append(m.to(device))
+            self.slots.append((r, start))
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (L, H, hd), k/v (L, Hkv, hd) of this call's tokens in sequence order -> (L, H, hd)."""
+        outs = []
+        for (a, b), (r, start), mask in zip(self.spans, self.slots, self.masks):
+            kq, vq = k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)          # (Hkv, n, hd)
+            if r is not None:
+                kb, vb = r.k[layer], r.v[layer]
+                kb[:, start:start + b - a] = kq
+                vb[:, start:start + b - a] = vq
+                kq, vq = kb[:, :start + b - a], vb[:, :start + b - a]
+            o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], kq[None], vq[None],
+                                               attn_mask=mask, enable_gqa=True)   # (1, H, n, hd)
+            outs.append(o[0].transpose(0, 1))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def commit(self, keep: list[torch.Tensor | None]) -> None:
+        """Keep the rows ``keep[i]`` (indexes into query i's new tokens; None: none) of each query, in
+        query order after its owner's rows."""
+        kept: dict[int, list[torch.Tensor]] = {}
+        for q, (r, start), rows in zip(self.queries, self.slots, keep):
+            if r is None or rows is None or rows.numel() == 0:
+                continue
+            kept.setdefault(q.owner, []).append(start + rows)
+        for owner, parts in kept.items():
+            r = self.cache.rows[owner]
+            idx = torch.cat(parts).to(r.k[0].device)
+            n = idx.numel()
+            if not torch.equal(idx.cpu(), torch.arange(r.length, r.length + n)):   # move into place
+                for bufs in (r.k, r.v):
+                    for buf in bufs:
+                        buf[:, r.length:r.length + n] = buf.index_select(1, idx)
+            r.length += n
 
 
 class Engine:
@@ -118,96 +227,112 @@ class Engine:
         self.vs, self.ve = vision_start_id, vision_end_id
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        # Inference builds its own (Lq, Lp + Lq) masks; only sdpa and xformers take a dense one.
-        self.backend = "xformers" if model.attn_backend == "xformers" else "sdpa"
-        self.cache = PackedCache()
+        cfg = model.cfg
+        self._kv_like = [(cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)] * cfg.num_layers
+        self.cache = BranchCache()
         self.calls = 0
+        self.timings: dict[str, float] = defaultdict(float)   # seconds per part of a call (profiling)
+        self._masks: dict[tuple, torch.Tensor | None] = {}
 
     def reset(self) -> None:
-        self.cache = PackedCache()
+        self.cache = BranchCache()
 
     # ------------------------------------------------------------------------------ packing
     def _embed(self, queries: list[Query]):
-        """Embeddings (L, D), RoPE ids (L,), latent flags (L,), query id / split id / mode per token."""
+        """Embeddings (L, D), RoPE ids (L,), latent flags (L,): every query's splits in order, with one
+        embedding call for all text tokens and one for all latent tokens."""
         m, dev = self.model, self.device
-        parts, pos, lat, qid, sid, mode = [], [], [], [], [], []
-        n_split = 0
-        for qi, q in enumerate(queries):
+        ids, text_at, pos = [], [], []
+        zs, ts, t_idx, patch, widths, lat_at = [], [], [], [], [], []
+        n = 0
+        for q in queries:
             for seg in q.segs:
-                n = seg.num_tokens
+                k = seg.num_tokens
                 if isinstance(seg, TextSeg):
-                    ids = torch.tensor(seg.ids, dtype=torch.long, device=dev)
-                    parts.append(m.embed_text(ids))                                   # (n, D)
-                    pos.append(torch.arange(seg.pos0, seg.pos0 + n))
-                    lat.append(torch.zeros(n, dtype=torch.bool))
-                    mode.append(torch.full((n,), CAUSAL))
+                    ids += seg.ids
+                    text_at.append(torch.arange(n, n + k))
+                    pos.append(torch.arange(seg.pos0, seg.pos0 + k))
                 else:
                     h, w = seg.grid
-                    marks = m.embed_text(torch.tensor([self.vs, self.ve], device=dev))   # (2, D)
                     hw = h * w
-                    z = m.embed_latents(seg.z.to(dev), torch.full((hw,), float(seg.t), device=dev),
-                                        torch.arange(hw, device=dev), w)              # (hw, D)
-                    parts.append(torch.cat([marks[:1], z.to(marks.dtype), marks[1:]]))
-                    pos.append(torch.full((n,), seg.pos))
-                    lat.append(torch.cat([torch.zeros(1, dtype=torch.bool), torch.ones(hw, dtype=torch.bool),
-                                          torch.zeros(1, dtype=torch.bool)]))
-                    mode.append(torch.full((n,), NOISE if seg.noise else FULL))
-                qid.append(torch.full((n,), qi))
-                sid.append(torch.full((n,), n_split))
-                n_split += 1
-        cat = torch.cat
-        return cat(parts), cat(pos), cat(lat), cat(qid), cat(sid), cat(mode)
+                    ids += [self.vs, self.ve]
+                    text_at.append(torch.tensor([n, n + k - 1]))
+                    lat_at.append(torch.arange(n + 1, n + 1 + hw))
+                    zs.append(seg.z)
+                    t_idx.append(torch.full((hw,), len(ts)))
+                    ts.append(float(seg.t))
+                    patch.append(torch.arange(hw))
+                    widths.append(torch.full((hw,), w))
+                    pos.append(torch.full((k,), seg.pos))
+                n += k
+        text_emb = m.embed_text(torch.tensor(ids, dtype=torch.long, device=dev))        # (T, D)
+        lat = torch.zeros(n, dtype=torch.bool)
+        if zs:
+            lat_idx = torch.cat(lat_at)
+            lat[lat_idx] = True
+            lat_emb = m.embed_latents(torch.cat(zs).to(dev), torch.tensor(ts, device=dev),
+                                      torch.cat(patch).to(dev), torch.cat(widths).to(dev),
+                                      time_index=torch.cat(t_idx).to(dev))            # (N, D)
+            hidden = m.embed(text_emb, torch.cat(text_at).to(dev), lat_emb.to(text_emb.dtype),
+                             lat_idx.to(dev), n)
+        else:
+            hidden = text_emb
+        return hidden, torch.cat(pos), lat
 
-    def _mask(self, queries: list[Query], qid, sid, mode) -> torch.Tensor:
-        """(Lq, Lp + Lq) bool: cache visibility per query, then the packing rule on the new tokens."""
-        lq = qid.numel()
-        idx = torch.arange(lq)
-        same_q = qid[:, None] == qid[None, :]
-        same_s = sid[:, None] == sid[None, :]
-        new = same_q & ((idx[None, :] <= idx[:, None]) | (same_s & (mode[None, :] != CAUSAL)))
-        new &= ~((mode[None, :] == NOISE) & ~same_s)                                  # (Lq, Lq)
-        c = self.cache
-        if c.length == 0:
-            return new.to(self.device)
-        vis = torch.stack([(c.owner == q.owner) & (c.serial < q.limit) for q in queries])  # (Q, Lp)
-        return torch.cat([vis[qid], new], dim=1).to(self.device)
+    def _new_mask(self, q: Query) -> torch.Tensor | None:
+        """(n, n) bool of the packing rule within the query's splits (None when all True)."""
+        lens = tuple(s.num_tokens for s in q.segs)
+        modes = tuple(seg_mode(s) for s in q.segs)
+        key = (lens, modes)
+        if key not in self._masks:
+            if len(lens) == 1 and (modes[0] != "causal" or lens[0] == 1):
+                self._masks[key] = None               # one full/noise split, or one text token
+            else:
+                mask = packing.attention_mask(list(lens), list(modes), [sum(lens)])
+                self._masks[key] = None if bool(mask.all()) else mask.to(self.device)
+            if len(self._masks) > 4096:               # no-cache contexts grow without bound
+                self._masks.pop(next(iter(self._masks)))
+        return self._masks[key]
 
     # ------------------------------------------------------------------------------- a call
     @torch.no_grad()
     def run(self, queries: list[Query]) -> list[torch.Tensor]:
         """One model call; returns each query's final hidden states (n_q, D) in split order."""
-        hidden, pos, lat, qid, sid, mode = self._embed(queries)
+        tm, t0 = self.timings, time.perf_counter()
+        hidden, pos, lat = self._embed(queries)
         dev = self.device
+        sizes = [q.num_tokens for q in queries]
+        bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+        spans = list(zip(bounds[:-1], bounds[1:]))
+        t1 = time.perf_counter()
+        for q, n in zip(queries, sizes):             # room for every new row (written or scratch)
+            if q.owner >= 0:
+                self.cache.reserve(q.owner, n + self._pending(queries, q.owner, q), self._kv_like)
+        call = _CallKV(self.cache, queries, spans, [self._new_mask(q) for q in queries], dev)
         routing = Routing.build((~lat).nonzero().squeeze(1).to(dev), lat.nonzero().squeeze(1).to(dev),
                                 hidden.shape[0], self.model.cfg.mot)
-        attn = AttnContext.from_dense(self._mask(queries, qid, sid, mode), self.backend, self.dtype)
-        write = any(q.write for q in queries)
-        past = self.cache.kv if self.cache.length else None
-        out, presents = self.model.forward_hidden(hidden, pos.to(dev), routing, attn,
-                                                  past_key_values=past, use_cache=write)
+        t2 = time.perf_counter()
+        out, _ = self.model.forward_hidden(hidden, pos.to(dev), routing, None, kv=call)
+        t3 = time.perf_counter()
         self.calls += 1
-        if write:
-            self._append(queries, presents, qid, mode)
-        return list(out.split([q.num_tokens for q in queries]))
+        call.commit([self._kept(q) if q.write else None for q in queries])
+        tm["embed"] += t1 - t0
+        tm["masks + cache slots"] += t2 - t1
+        tm["transformer"] += t3 - t2
+        tm["cache writes"] += time.perf_counter() - t3
+        return list(out.split(sizes))
 
-    def _append(self, queries: list[Query], presents, qid, mode) -> None:
-        """Keep the cache rows plus the written queries' non-noise rows of ``presents``."""
-        c, lp = self.cache, self.cache.length
-        writes = torch.tensor([q.write for q in queries])
-        keep_new = writes[qid] & (mode != NOISE)                                      # (Lq,)
-        new_rows = keep_new.nonzero().squeeze(1)
-        owners = torch.tensor([q.owner for q in queries])[qid[new_rows]]
-        serial = torch.empty_like(owners)
-        for o in owners.unique().tolist():                     # serials continue per owner
-            sel = owners == o
-            start = c.next_serial.get(o, 0)
-            serial[sel] = torch.arange(start, start + int(sel.sum()))
-            c.next_serial[o] = start + int(sel.sum())
-        dev = self.device
-        c.kv = list(presents)
-        if new_rows.numel() != qid.numel():
-            rows = torch.cat([torch.arange(lp), lp + new_rows]).to(dev)
-            c.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in c.kv]
-        old_o = c.owner if lp else torch.zeros(0, dtype=torch.long)
-        old_s = c.serial if lp else torch.zeros(0, dtype=torch.long)
-        c.owner, c.serial = torch.cat([old_o, owners]), torch.cat([old_s, serial])
+    @staticmethod
+    def _pending(queries: list[Query], owner: int, me: Query) -> int:
+        """New tokens of the other queries of ``owner`` in this call (they share its buffer's tail)."""
+        return sum(q.num_tokens for q in queries if q.owner == owner and q is not me)
+
+    @staticmethod
+    def _kept(q: Query) -> torch.Tensor:
+        """Indexes of a writing query's non-noise tokens (noise splits are never cached)."""
+        keep, n = [], 0
+        for s in q.segs:
+            if not (isinstance(s, ImageSeg) and s.noise):
+                keep.append(torch.arange(n, n + s.num_tokens))
+            n += s.num_tokens
+        return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)

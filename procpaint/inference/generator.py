@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,6 +78,7 @@ class Generator:
         # The training config's ``sampling`` group (CFG scales, steps, shift): what sample.py and
         # evaluate.py use unless their flags say otherwise (procpaint.inference.options).
         self.sampling = dict(sampling or {})
+        self.last_profile: dict[str, float] = {}     # seconds per part of the last generate call
         self.grammars = {c: G.TagGrammar(tokenizer, constrained=c) for c in (True, False)}
 
     @property
@@ -112,7 +114,11 @@ class Generator:
             prompts = [prompts]
         ids = [self.encode_prompt(p) for p in prompts]
         run = _Run(self, cfg, self.grid(cfg.image_size), logits_processor)
-        return run.go(prompts, ids)
+        out = run.go(prompts, ids)
+        # Where the last call's time went (benchmarks/bench_generate.py prints it).
+        self.last_profile = {**{f"model call: {k}": v for k, v in run.engine.timings.items()}, **run.profile,
+                             "cache bytes at peak": float(run.peak_cache_bytes)}
+        return out
 
 
 def trajectory_seed(seed: int, prompt: str) -> int:
@@ -130,6 +136,13 @@ class _Run:
         self.engine = Engine(g.model, g.tok.vision_start_id, g.tok.vision_end_id)
         self.ts, self.dts = schedule(cfg.num_steps, cfg.timestep_shift)
         self.hw = grid[0] * grid[1]
+        self.profile: dict[str, float] = defaultdict(float)
+        self.peak_cache_bytes = 0
+
+    # seconds outside the model call, per handler
+    _TOKEN = "next token (head, grammar, sampling)"
+    _HANDLER = {"text": _TOKEN, "prefill": _TOKEN, "commit": _TOKEN,
+                "image": "flow update (velocity head, CFG, Euler, decode)"}
 
     def go(self, prompts: list[str], ids: list[list[int]]) -> list[TrajectoryResult]:
         trajs = []
@@ -186,6 +199,11 @@ class _Run:
         t0 = time.perf_counter()
         outs = self.engine.run(queries)
         dt = time.perf_counter() - t0
+        phases = {"image" if t.phase == "image" else "text" for t in active}
+        kind = {frozenset({"image"}): "flow-step calls", frozenset({"text"}): "text calls"}.get(
+            frozenset(phases), "mixed calls")
+        self.profile[kind] += dt
+        self.profile[f"{kind} (count)"] += 1
         for tr, (a, b) in zip(active, spans):
             tr.result.model_tokens += sum(q.num_tokens for q in queries[a:b])
             tr.result.forward_passes += 1
@@ -195,8 +213,11 @@ class _Run:
                 tr.stage.forward_passes += 1
             else:
                 tr.pend_s, tr.pend_n = tr.pend_s + dt, tr.pend_n + 1
-            getattr(self, f"_after_{tr.phase}")(tr, queries[a:b], outs[a:b])
+            t1, phase = time.perf_counter(), tr.phase
+            getattr(self, f"_after_{phase}")(tr, queries[a:b], outs[a:b])
+            self.profile[self._HANDLER[phase]] += time.perf_counter() - t1
         if self.cached:
+            self.peak_cache_bytes = max(self.peak_cache_bytes, self.engine.cache.nbytes())
             done = [o for t in active if t.phase == "done" for o in (t.main, t.img)]
             self.engine.cache.drop(done)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,11 @@ class LayerInputs:
     routing: Routing
     cos: torch.Tensor          # (L, 1, hd) RoPE tables in sequence order
     sin: torch.Tensor
-    attn: AttnContext
+    attn: AttnContext | None
+    # Inference with a KV cache (procpaint.inference.engine): an object whose
+    # ``attend(layer_id, q, k, v) -> (L, H, hd)`` stores this call's keys/values where it keeps
+    # them and attends each query to its own context; ``attn`` is then unused.
+    kv: Any = None
 
 
 class Expert(nn.Module):
@@ -183,9 +188,13 @@ class MoTDecoderLayer(nn.Module):
         q = apply_rope(q.reshape(L, h, hd), inputs.cos, inputs.sin)          # (L, H, hd)
         k = apply_rope(k.reshape(L, hkv, hd), inputs.cos, inputs.sin)        # (L, Hkv, hd)
         v = v.reshape(L, hkv, hd)
-        if past_kv is not None:
-            k, v = torch.cat([past_kv[0], k]), torch.cat([past_kv[1], v])    # (Lp + L, Hkv, hd)
-        a = r.routed(attend(q, k, v, inputs.attn).reshape(L, h * hd))        # (L, H hd) routed
+        if inputs.kv is not None:
+            a = inputs.kv.attend(self.layer_id, q, k, v)                     # (L, H, hd)
+        else:
+            if past_kv is not None:
+                k, v = torch.cat([past_kv[0], k]), torch.cat([past_kv[1], v])  # (Lp + L, Hkv, hd)
+            a = attend(q, k, v, inputs.attn)
+        a = r.routed(a.reshape(L, h * hd))                                   # (L, H hd) routed
         x = x + r.apply(a, self.und.o, gen.o)
         x = x + r.apply(x, self.und.mlp_block, gen.mlp_block)
         return x, ((k, v) if use_cache else None)

@@ -99,17 +99,22 @@ class ProcPaintModel(nn.Module):
         return self.embed_tokens(ids)
 
     def embed_latents(self, z: torch.Tensor, timesteps: torch.Tensor, patch_ids: torch.Tensor,
-                      grid_w: int | torch.Tensor) -> torch.Tensor:
+                      grid_w: int | torch.Tensor, time_index: torch.Tensor | None = None) -> torch.Tensor:
         """Latent tokens z (N, D_lat) at flow times (N,) and row-major patch ids (N,) -> (N, D).
 
         ``grid_w``: token-grid width of the image each token belongs to (int or (N,)).
+        ``time_index``: when given, ``timesteps`` holds K distinct times and token i's is
+        ``timesteps[time_index[i]]`` (inference: one t per image, embedded once, not per token).
         """
         dtype = self.vae2llm.weight.dtype
         rows, cols = patch_ids // grid_w, patch_ids % grid_w
         if self.cfg.sincos_order == "col_row":                               # BAGEL's (MAE's) table
             rows, cols = cols, rows
         pos = sincos_2d(rows, cols, self.cfg.hidden_size).to(dtype)           # (N, D)
-        return self.vae2llm(z.to(dtype)) + self.time_embedder(timesteps) + pos
+        temb = self.time_embedder(timesteps)                                  # (N or K, D)
+        if time_index is not None:
+            temb = temb.index_select(0, time_index)
+        return self.vae2llm(z.to(dtype)) + temb + pos
 
     def embed(self, text_emb: torch.Tensor, text_indexes: torch.Tensor, latent_emb: torch.Tensor,
               latent_indexes: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -131,17 +136,19 @@ class ProcPaintModel(nn.Module):
         return routing, attn
 
     def forward_hidden(self, hidden: torch.Tensor, position_ids: torch.Tensor, routing: Routing,
-                       attn: AttnContext, *, past_key_values: list[KVCache] | None = None,
-                       use_cache: bool = False) -> tuple[torch.Tensor, list[KVCache] | None]:
+                       attn: AttnContext | None, *, past_key_values: list[KVCache] | None = None,
+                       use_cache: bool = False, kv=None) -> tuple[torch.Tensor, list[KVCache] | None]:
         """hidden (L, D) in sequence order -> final-normed hidden (L, D) in sequence order.
 
         ``position_ids`` (L,) are the RoPE positions of these L tokens. With ``past_key_values``
         (one (k, v) per layer, each (Lp, Hkv, hd)) the tokens also attend to earlier ones; ``attn``
         must then be an (L, Lp + L) context. ``use_cache`` returns every layer's full (k, v).
+        ``kv``: instead of ``attn``/``past_key_values``, an object whose ``attend(layer_id, q, k, v)``
+        keeps the keys/values and attends (the inference engine's per-branch cache).
         """
         x = routing.routed(hidden)                                           # (L, D) routed order
         cos, sin = self.rope(position_ids, x.dtype)                          # (L, 1, hd)
-        inputs = LayerInputs(routing, cos, sin, attn)
+        inputs = LayerInputs(routing, cos, sin, attn, kv)
         presents: list[KVCache] | None = [] if use_cache else None
         for i, layer in enumerate(self.layers):
             past = past_key_values[i] if past_key_values is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from procpaint.inference import grammar as G
-from procpaint.inference.engine import PackedCache
+from procpaint.inference.engine import BranchCache
 from procpaint.inference.sampler import cfg_active, combine_cfg, schedule
 
 
@@ -62,12 +62,18 @@ def test_sampling_is_seeded_and_top_p_truncates():
                           temperature=0.0, top_p=1.0, generator=g) == 2
 
 
-def test_packed_cache_fork_and_drop():
-    c = PackedCache(kv=[(torch.arange(4.0)[:, None, None], -torch.arange(4.0)[:, None, None])],
-                    owner=torch.tensor([0, 2, 0, 2]), serial=torch.tensor([0, 0, 1, 1]),
-                    next_serial={0: 2, 2: 2})
+def test_branch_cache_reserve_fork_drop():
+    like = [(2, 3, torch.float32, torch.device("cpu"))]
+    c = BranchCache()
+    r = c.reserve(0, 5, like)
+    r.k[0][:, :5] = torch.arange(5.0)[None, :, None]
+    r.length = 5
+    grown = c.reserve(0, 200, like)                    # past capacity: rows survive the move
+    assert grown.capacity >= 205 and grown.length == 5
+    assert grown.k[0][1, :5, 2].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     c.fork(0, 1)
-    assert c.owner.tolist() == [0, 2, 0, 2, 1, 1] and c.serial.tolist()[-2:] == [0, 1]
-    assert c.kv[0][0].flatten().tolist()[-2:] == [0.0, 2.0] and c.next_serial[1] == 2
-    c.drop([0, 1])
-    assert c.owner.tolist() == [2, 2] and c.kv[0][1].flatten().tolist() == [-1.0, -3.0]
+    c.rows[1].k[0][:, 0] = 9.0                         # a copy, not a view
+    assert c.rows[0].k[0][0, 0, 0] == 0.0 and c.length_of(1) == 5 and c.length == 10
+    assert c.nbytes(1) == 2 * 2 * 5 * 3 * 4
+    c.drop([0, 7])
+    assert list(c.rows) == [1] and c.length == 5
