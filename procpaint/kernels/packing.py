@@ -2,7 +2,7 @@
 
 A packed sequence of length L is cut into *splits* (each with an attention mode) and *samples*
 (whole trajectories, padding included as its own sample). Query q may attend key k iff
-(DESIGN.md, exactly BAGEL's ``create_sparse_mask``)::
+(docs/ARCHITECTURE.md, exactly BAGEL's ``create_sparse_mask``)::
 
     same_sample(q, k)  AND  ( k <= q  OR  same full-or-noise split(q, k) )
                        AND NOT ( k is in a noise split AND q is not in that same split )
@@ -233,3 +233,23 @@ def mask_mod(split_lens, attn_modes, sample_lens, device=None):
     ``create_block_mask`` / ``create_mask`` path); holds three int64 (L,) id tensors."""
     p = validate(split_lens, attn_modes, sample_lens)
     return ref.rule_from_tensors(*p.tensors(_device_of(device, split_lens, sample_lens)))
+
+
+def mean_keys_per_query(split_lens, attn_modes, sample_lens) -> float:
+    """Mean number of keys a query attends under the packing rule (``attention_mask(...).sum() / L``),
+    from the split boundaries in O(splits): the attention term of ``model.flops_per_token``.
+
+    A query of split s sees the non-noise splits before it in its sample, plus its own split's
+    tokens up to itself (causal) or whole (full / noise).
+    """
+    p = validate(split_lens, attn_modes, sample_lens)
+    total, seen, left, sample = 0, 0, 0, iter(p.sample_lens)
+    causal, noise = MODES["causal"], MODES["noise"]
+    for n, mode in zip(p.split_lens, p.modes):
+        if left == 0:                              # a new sample starts
+            left, seen = next(sample), 0
+        own = n * (n + 1) // 2 if mode == causal else n * n
+        total += n * seen + own
+        seen += 0 if mode == noise else n
+        left -= n
+    return total / max(p.seq_len, 1)

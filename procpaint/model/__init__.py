@@ -9,6 +9,7 @@ from procpaint.model.factory import (
     build_model,
     expected_num_parameters,
     flops_per_token,
+    matmul_peak_flops,
     num_parameters,
 )
 from procpaint.model.layers import Routing
@@ -17,6 +18,6 @@ from procpaint.model.transformer import ModelOutput, ProcPaintModel
 __all__ = [
     "PRESETS", "AttnContext", "LatentCodec", "ModelConfig", "ModelOutput", "PixelCodec", "ProcPaintModel",
     "Routing", "VAECodec", "apply_activation_checkpointing", "apply_compile", "build_attention",
-    "build_codec", "build_model", "expected_num_parameters", "flops_per_token", "measure_latent_stats",
-    "model_config", "num_parameters", "resolve_backend",
+    "build_codec", "build_model", "expected_num_parameters", "flops_per_token", "matmul_peak_flops",
+    "measure_latent_stats", "model_config", "num_parameters", "resolve_backend",
 ]

@@ -134,6 +134,30 @@ def flops_per_token(cfg: ModelConfig, context_len: float, *, training: bool = Tr
     return 3 * fwd if training else fwd
 
 
+def matmul_peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32, *,
+                      size: int | None = None, repeats: int = 5) -> float:
+    """Measured FLOP/s of this device: best of ``repeats`` square ``size``^3 matmuls in ``dtype``
+    (1024 on CPU, 8192 on CUDA by default) after one warm-up: the peak ``perf/mfu`` is measured
+    against (a vendor's datasheet number assumes clocks and kernels a run may not get)."""
+    import time
+
+    device = torch.device(device)
+    n = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:                                                  # the first call is a warm-up
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
 def apply_activation_checkpointing(model: ProcPaintModel, *, every: int = 1) -> ProcPaintModel:
     """Wrap every ``every``-th decoder layer in non-reentrant activation checkpointing (in place).
 

@@ -21,7 +21,9 @@ import lightning as L
 import torch
 
 from procpaint.config import Config, config_from_dict
+from procpaint.kernels.packing import mean_keys_per_query
 from procpaint.model.config import ModelConfig
+from procpaint.model.factory import flops_per_token, matmul_peak_flops
 from procpaint.model.parallel import global_grad_norm, local
 from procpaint.sequence.types import PackedBatch
 from procpaint.training.losses import packed_loss
@@ -71,6 +73,7 @@ class ProcPaintModule(L.LightningModule):
         self._skipped_steps = 0       # all skipped updates of this run (train/skipped_steps)
         self._loss_nonfinite = 0      # ranks with a non-finite loss since the last optimizer step
         self._step_start = None
+        self._peak_flops = 0.0        # measured at train start (perf/mfu)
         self._skipped_records: dict[int, int] = {}   # data.on_error=skip: DataLoader worker -> its count
         self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
 
@@ -188,6 +191,24 @@ class ProcPaintModule(L.LightningModule):
         self.log("perf/step_time_s", dt, batch_size=1)
         self.log("perf/tokens_per_s", batch.num_real_tokens / dt, prog_bar=True, batch_size=1)
         self.log("perf/samples_per_s", batch.num_samples / dt, batch_size=1)
+        if self._peak_flops:
+            # Model FLOPs of the real tokens (padding is wasted work, not counted) over the device's
+            # measured matmul peak (ModelConfig FLOPs per token, PaLM's convention).
+            keys = mean_keys_per_query(batch.split_lens, batch.attn_modes, batch.sample_lens)
+            head = batch.ce_indexes.numel() / max(batch.seq_len, 1)
+            flops = flops_per_token(self.model_cfg, keys, training=True, lm_head_fraction=head)
+            achieved = flops * batch.num_real_tokens / dt
+            self.log("perf/tflops", achieved / 1e12, batch_size=1)
+            self.log("perf/mfu", achieved / self._peak_flops, batch_size=1)
+
+    def on_train_start(self) -> None:
+        # The roofline perf/mfu is measured against: this device's best square matmul in the
+        # training precision's compute dtype (measured, not a datasheet number).
+        p = str(self.trainer.precision)
+        dtype = torch.bfloat16 if "bf16" in p else torch.float16 if "16" in p else torch.float32
+        self._peak_flops = matmul_peak_flops(self.device, dtype)
+        self.print(f"perf/mfu is measured against {self._peak_flops / 1e12:.3f} TFLOP/s "
+                   f"({self.device.type} {str(dtype).replace('torch.', '')} matmul, measured)")
 
     def validation_step(self, batch: PackedBatch, batch_idx: int):
         self._shared_step(batch, "val")

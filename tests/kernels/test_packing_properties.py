@@ -205,3 +205,10 @@ def test_bad_inputs_raise_value_error(case):
     for fn in (P.attention_mask, P.attention_bias, P.block_mask, P.mask_mod, P.attention_mask_ref):
         with pytest.raises(ValueError, match=phrase):
             fn(*args)
+
+
+@given(packings(max_len=MAX_L // 2))
+def test_mean_keys_per_query_counts_the_mask(p):
+    """The O(splits) count perf/mfu uses equals the mask's own count of attended pairs."""
+    want = P.attention_mask_ref(*p).sum().item() / sum(p[0])
+    assert P.mean_keys_per_query(*p) == pytest.approx(want, rel=1e-12)

@@ -53,8 +53,8 @@ def test_fit_writes_scalars_checkpoints_and_export(debug_run):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for tag in ("train/loss", "train/ce", "train/mse", "train/grad_norm", "perf/tokens_per_s",
-                "perf/samples_per_s", "perf/step_time_s", "train/packing_efficiency",
-                "train/skipped_samples", "val/loss"):
+                "perf/samples_per_s", "perf/step_time_s", "perf/mfu", "perf/tflops",
+                "train/packing_efficiency", "train/skipped_samples", "val/loss"):
         assert tag in tags, f"{tag} missing from TensorBoard scalars {sorted(tags)}"
     assert any(t.startswith("lr-AdamW") for t in tags), sorted(tags)
     assert "trajectory/detector_accuracy" in tags
@@ -65,6 +65,11 @@ def test_fit_writes_scalars_checkpoints_and_export(debug_run):
     # one image per tag: each tag's accuracy is that image's verdict
     assert all(ev["geneval"][tag] in (0.0, 1.0) for tag in ("single_object", "two_object")), ev["geneval"]
     assert (Path(result.log_dir) / "quick_eval.png").is_file()
+    # MFU is model FLOPs over the measured matmul peak: a fraction, and tflops / mfu is that peak
+    mfu, tflops = _scalars(result.log_dir, "perf/mfu"), _scalars(result.log_dir, "perf/tflops")
+    assert all(0 < v < 1.5 for v in mfu.values()), mfu
+    peaks = [tflops[s] / mfu[s] for s in mfu]
+    assert len(peaks) == cfg.trainer.max_steps and max(peaks) == pytest.approx(min(peaks), rel=1e-4), peaks
     losses = _scalars(result.log_dir, "train/loss")
     assert len(losses) == cfg.trainer.max_steps
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
