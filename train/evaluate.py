@@ -17,6 +17,7 @@ existing images are kept, so an interrupted run resumes), then ``results.jsonl``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def check_vocabulary(name: str, generator, bench: str, meta: list[dict]) -> None
 
 
 def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS, modes=MODES,
-             images_per_prompt: int = 4, limit: int | None = None, batch_size: int = 4, seed: int = 0,
+             images_per_prompt: int = 4, limit: int | None = None, batch_size: int = 16, seed: int = 0,
+             workers: int = 1,
              sampling=None, show_progress: bool = True) -> list[dict]:
     """Generate + score every (run, mode, benchmark); ``runs`` holds (name, generator) pairs.
 
@@ -113,7 +115,8 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
             for bench, meta in metas.items():
                 folder = Path(out) / name / mode / bench
                 stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
-                                            batch_size=batch_size, show_progress=show_progress)
+                                            batch_size=batch_size, show_progress=show_progress,
+                                            workers=workers)
                 print(f"{name}/{mode}/{bench}: generated {stats['generated']}, kept {stats['skipped']}",
                       file=sys.stderr)
                 runner.score_dir(folder, meta, show_progress=show_progress)
@@ -159,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("eval"), help="output directory (or file)")
     ap.add_argument("--limit", type=int, help="only N prompts of each benchmark (round-robin over tags)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch-size", type=int, default=4, help="prompts per generate() call")
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="generating processes (0: one per CPU core with --device cpu, 1 with cuda); "
+                         "batches and seeds do not depend on it")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--score", type=Path, help="score the images in this GenEval-layout folder")
     ap.add_argument("--metadata", type=Path, help="evaluation_metadata.jsonl for --score")
@@ -212,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         benchmarks=BENCHMARKS if args.benchmark == "all" else (args.benchmark,),
                         modes=MODES if args.mode == "all" else (args.mode,),
                         images_per_prompt=args.images_per_prompt, limit=args.limit,
-                        batch_size=args.batch_size, seed=args.seed, sampling=args, show_progress=show)
+                        batch_size=args.batch_size, seed=args.seed, sampling=args, show_progress=show,
+                        workers=args.workers or (1 if args.device == "cuda" else os.cpu_count() or 1))
         from procpaint.evaluation.tables import markdown
         print(markdown(rows))
         return 0

@@ -193,3 +193,45 @@ def test_score_random_bytes_png_is_a_clear_error(tmp_path, oracle, capsys):
     assert cli.main(["--score", str(imgs), "--metadata", str(tmp_path / "m.jsonl"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"{bad}: not a readable image" in err and "Traceback" not in err
+
+
+def test_forked_workers_write_what_one_worker_writes(tmp_path, oracle):
+    """Batches and seeds do not depend on the number of processes: same images, same records."""
+    from procpaint.evaluation import runner
+    from procpaint.inference.types import GenerationConfig
+
+    meta = _tiny_geneval()
+    cfg = GenerationConfig(mode="process")
+    one, two = tmp_path / "one", tmp_path / "two"
+    s1 = runner.generate_dir(FakeGenerator(oracle, [meta]), meta, one, cfg, images_per_prompt=2, batch_size=3,
+                             show_progress=False, workers=1)
+    s2 = runner.generate_dir(FakeGenerator(oracle, [meta]), meta, two, cfg, images_per_prompt=2, batch_size=3,
+                             show_progress=False, workers=2)
+    assert s1 == s2 == {"generated": 2 * len(meta), "skipped": 0}
+    for i in range(len(meta)):
+        for k in range(2):
+            a, b = layout.sample_path(one, i, k), layout.sample_path(two, i, k)
+            assert a.read_bytes() == b.read_bytes()
+        recs = [sorted((d / f"{i:05d}" / "trajectories.jsonl").read_text().splitlines()) for d in (one, two)]
+        assert recs[0] == recs[1]
+
+
+class _Failing(FakeGenerator):
+    def generate(self, prompts, config):
+        if any(p == self.bad for p in prompts):
+            raise RuntimeError("worker failed on purpose")
+        return super().generate(prompts, config)
+
+
+def test_a_failing_worker_raises_and_keeps_finished_samples(tmp_path, oracle):
+    from procpaint.evaluation import runner
+    from procpaint.inference.types import GenerationConfig
+
+    meta = _tiny_geneval()
+    gen = _Failing(oracle, [meta])
+    gen.bad = meta[-1]["prompt"]
+    with pytest.raises(RuntimeError, match="on purpose"):
+        runner.generate_dir(gen, meta, tmp_path, GenerationConfig(mode="process"), images_per_prompt=1,
+                            batch_size=2, show_progress=False, workers=2)
+    assert layout.sample_path(tmp_path, 0, 0).is_file()            # an earlier batch's sample stays
+    assert not layout.sample_path(tmp_path, len(meta) - 1, 0).is_file()
