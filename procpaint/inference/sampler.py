@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from procpaint.kernels.flow import euler_step
+from procpaint.kernels.flow import euler_step, shift_timesteps
 
 __all__ = ["cfg_active", "combine_cfg", "euler_step", "schedule"]
 
 
 def schedule(num_steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, dt): the num_steps - 1 times the velocity is evaluated at and the step sizes, float32."""
-    t = torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64)
-    t = shift * t / (1 + (shift - 1) * t)
+    t = shift_timesteps(torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64), shift)
     return t[:-1].float(), (t[:-1] - t[1:]).float()
 
 

@@ -1,4 +1,4 @@
-"""Rectified-flow ops for training and sampling image latents (DESIGN.md, "Rectified flow").
+"""Rectified-flow ops for training and sampling image latents (docs/ARCHITECTURE.md, "Rectified flow").
 
 Convention (BAGEL's): ``t = 1`` is pure noise.
 
@@ -32,7 +32,7 @@ import torch
 from procpaint import _ext
 
 __all__ = [
-    "sample_timesteps", "rf_interpolate", "rf_mse", "euler_step",
+    "shift_timesteps", "sample_timesteps", "rf_interpolate", "rf_mse", "euler_step",
     "rf_interpolate_ref", "rf_mse_ref", "euler_step_ref",
 ]
 
@@ -198,6 +198,13 @@ def _native(op: str, x: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------------- public functions
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The resolution shift t' = s t / (1 + (s - 1) t) of flow times t in [0, 1] (any float dtype):
+    s > 1 spends more of the schedule near t = 1 (noise). Training's timestep sampler and the
+    sampling schedule (inference.sampler.schedule) both call it."""
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
 def sample_timesteps(n: int, *, shift: float = 1.0, logit_std: float = 1.0,
                      generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
@@ -220,10 +227,7 @@ def sample_timesteps(n: int, *, shift: float = 1.0, logit_std: float = 1.0,
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"sample_timesteps: generator is on {generator.device}, device is {device}")
     z = torch.randn(n, generator=generator, device=device, dtype=torch.float32)                # (n,)
-    t = torch.sigmoid(z if logit_std == 1.0 else z * logit_std)
-    if shift != 1.0:
-        t = shift * t / (1 + (shift - 1) * t)
-    return t
+    return shift_timesteps(torch.sigmoid(z if logit_std == 1.0 else z * logit_std), shift)
 
 
 def rf_interpolate(clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, *,
