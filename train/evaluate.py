@@ -119,13 +119,14 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
                                             workers=workers)
                 print(f"{name}/{mode}/{bench}: generated {stats['generated']}, kept {stats['skipped']}",
                       file=sys.stderr)
-                runner.score_dir(folder, meta, show_progress=show_progress)
+                runner.score_dir(folder, meta, show_progress=show_progress, workers=workers)
     rows = tables.collect(out)
     tables.write_summary(out, rows)
     return rows
 
 
-def score(folder: Path, metadata_file: Path, limit: int | None, show_progress: bool) -> dict:
+def score(folder: Path, metadata_file: Path, limit: int | None, show_progress: bool,
+          workers: int = 1) -> dict:
     from procpaint.evaluation import layout, runner, tables
 
     if not Path(folder).is_dir():
@@ -142,7 +143,7 @@ def score(folder: Path, metadata_file: Path, limit: int | None, show_progress: b
         except ValueError as exc:
             raise UsageError(f"--metadata {exc}") from exc
     try:
-        results = runner.score_dir(folder, meta, limit=limit, show_progress=show_progress)
+        results = runner.score_dir(folder, meta, limit=limit, show_progress=show_progress, workers=workers)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     bench = runner.benchmark_of(meta)
@@ -201,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             _, md = tables.write_summary(args.tables, rows)
             print(md.read_text())
             return 0
+        workers = args.workers or (1 if args.device == "cuda" else os.cpu_count() or 1)
         if args.score is not None:
             if args.metadata is None:
                 raise UsageError("--score DIR needs --metadata FILE (evaluation_metadata.jsonl)")
-            summary = score(args.score, args.metadata, args.limit, show)
+            summary = score(args.score, args.metadata, args.limit, show, workers)
             print((args.score / "summary.md").read_text())
             print(f"overall {summary['overall']:.4f}")
             return 0
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                         modes=MODES if args.mode == "all" else (args.mode,),
                         images_per_prompt=args.images_per_prompt, limit=args.limit,
                         batch_size=args.batch_size, seed=args.seed, sampling=args, show_progress=show,
-                        workers=args.workers or (1 if args.device == "cuda" else os.cpu_count() or 1))
+                        workers=workers)
         from procpaint.evaluation.tables import markdown
         print(markdown(rows))
         return 0

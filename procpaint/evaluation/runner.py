@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,8 +71,33 @@ def benchmark_of(metadata: list[dict]) -> str:
     return "knowledge" if metadata and "category" in metadata[0] else "geneval"
 
 
-def summarize(benchmark: str, results: list[dict]) -> dict:
-    return (knowledge.summarize if benchmark == "knowledge" else geneval.summarize)(results)
+def summarize(benchmark: str, results: list[dict], *, resamples: int = 2000, seed: int = 0) -> dict:
+    """The benchmark's scores (per tag and ``overall``) and ``ci95``: percentile bootstrap 95%
+    intervals of each tag and of overall, resampling prompts with replacement within each tag
+    (all images of a drawn prompt come along), the benchmark's own ``overall`` rule per resample."""
+    out = (knowledge.summarize if benchmark == "knowledge" else geneval.summarize)(results)
+    by_tag: dict[str, dict[str, list[bool]]] = {}
+    for r in results:
+        by_tag.setdefault(r["tag"], {}).setdefault(r.get("prompt", r.get("filename", "")), []).append(
+            bool(r["correct"]))
+    if not by_tag or resamples <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    draws: dict[str, np.ndarray] = {}
+    for tag, prompts in by_tag.items():
+        hits = np.array([sum(v) for v in prompts.values()], dtype=float)          # (P,)
+        counts = np.array([len(v) for v in prompts.values()], dtype=float)
+        pick = rng.integers(0, len(hits), size=(resamples, len(hits)))           # (B, P)
+        draws[tag] = hits[pick].sum(1) / counts[pick].sum(1)                      # (B,) tag accuracy
+    if benchmark == "knowledge":
+        w = {t: knowledge.WISE_SHARES.get(t, 0) for t in draws}
+        tot = sum(w.values()) or 1
+        overall = sum(draws[t] * w[t] for t in draws) / tot
+    else:
+        overall = np.mean([draws[t] for t in draws], axis=0)
+    ci = {t: [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] for t, d in draws.items()}
+    ci["overall"] = [float(np.percentile(overall, 2.5)), float(np.percentile(overall, 97.5))]
+    return {**out, "ci95": ci}
 
 
 def score_image(benchmark: str, image: np.ndarray, metadata: dict,
@@ -140,22 +166,39 @@ def check_geneval_metadata(path: Path) -> None:
 
 def score_dir(outdir: Path, metadata: list[dict], *, limit: int | None = None,
               detector: Detector | None = None, results_name: str = "results.jsonl",
-              show_progress: bool = True) -> list[dict]:
-    """Score every image under ``outdir`` and write ``<outdir>/results.jsonl`` (GenEval's fields)."""
+              show_progress: bool = True, workers: int = 1) -> list[dict]:
+    """Score every image under ``outdir`` and write ``<outdir>/results.jsonl`` (GenEval's fields).
+
+    ``workers`` > 1 scores chunks of images in forked processes (the rows are the same, in order)."""
     outdir = Path(outdir)
     bench, detector = benchmark_of(metadata), detector or Detector()
     samples = list(iter_samples(outdir, metadata, limit))
     if not samples:
         raise FileNotFoundError(f"no images under {outdir} (expected <outdir>/<00000>/samples/<0000>.png)")
-    rows = []
-    for _i, meta, png in progress(samples, total=len(samples), desc=f"scoring {bench}", enable=show_progress):
-        try:
-            image = read_image(png)
-        except (OSError, ValueError) as exc:        # PIL's UnidentifiedImageError is an OSError
-            raise ValueError(f"{png}: not a readable image ({type(exc).__name__}: {exc})") from None
-        ok, why, details = score_image(bench, image, meta, detector)
-        rows.append({"filename": str(png), "tag": meta["tag"], "prompt": meta["prompt"], "correct": ok,
-                     "reason": why, "metadata": json.dumps(meta), "details": json.dumps(details)})
+    bar = progress(total=len(samples), desc=f"scoring {bench}", enable=show_progress)
+
+    def score(chunk: list) -> list[dict]:
+        out = []
+        for _i, meta, png in chunk:
+            try:
+                image = read_image(png)
+            except (OSError, ValueError) as exc:        # PIL's UnidentifiedImageError is an OSError
+                raise ValueError(f"{png}: not a readable image ({type(exc).__name__}: {exc})") from None
+            ok, why, details = score_image(bench, image, meta, detector)
+            out.append({"filename": str(png), "tag": meta["tag"], "prompt": meta["prompt"], "correct": ok,
+                        "reason": why, "metadata": json.dumps(meta), "details": json.dumps(details)})
+        return out
+
+    step = 16
+    chunks = [(samples[s: s + step],) for s in range(0, len(samples), step)]
+    workers = max(1, min(int(workers), len(chunks)))
+    parts: list[list[dict]] = [[] for _ in chunks]
+    results = _forked(score, chunks, workers) if workers > 1 else ((i, score(*c)) for i, c in enumerate(chunks))
+    for i, rows_i in results:
+        parts[i] = rows_i
+        bar.update(len(rows_i))
+    bar.close()
+    rows = [r for part in parts for r in part]
     write_jsonl(outdir / results_name, rows)
     missing = missing_prompts(outdir, metadata, limit)
     if missing:
@@ -197,7 +240,8 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
             stats["generated"] += _generate_batch(generator, meta, outdir, config, k, batch)
             bar.update(len(batch))
     else:
-        for n in _generate_forked(generator, meta, outdir, config, batches, workers):
+        run = lambda k, batch: _generate_batch(generator, meta, outdir, config, k, batch)  # noqa: E731
+        for _, n in _forked(run, batches, workers):
             stats["generated"] += n
             bar.update(n)
     bar.close()
@@ -226,7 +270,7 @@ def _generate_batch(generator, meta: list[dict], outdir: Path, config, k: int, b
     return len(batch)
 
 
-_FORKED: tuple | None = None          # (generator, meta, outdir, config) inherited by forked workers
+_FORKED: Callable | None = None        # the task function forked workers inherit (never pickled)
 
 
 def _forked_init(threads: int) -> None:
@@ -235,26 +279,27 @@ def _forked_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _forked_batch(k: int, batch: list[int]) -> int:
-    generator, meta, outdir, config = _FORKED
-    return _generate_batch(generator, meta, outdir, config, k, batch)
+def _forked_call(i: int, args: tuple):
+    return i, _FORKED(*args)
 
 
-def _generate_forked(generator, meta, outdir, config, batches, workers: int):
-    """Yield the number of samples written as each batch finishes, batches spread over ``workers``
-    forked processes (the generator is inherited, not pickled)."""
+def _forked(fn: Callable, tasks: list[tuple], workers: int):
+    """Yield (task index, fn(*task)) as tasks finish, over ``workers`` forked processes with
+    ``torch.get_num_threads() // workers`` threads each. ``fn`` and what it closes over (a loaded
+    generator, a detector) are inherited by the fork, not pickled; only the tasks and results
+    travel. A task that raises re-raises here; a dead worker raises BrokenProcessPool (no hang)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
 
     global _FORKED
-    _FORKED = (generator, meta, outdir, config)
+    _FORKED = fn
     threads = max(1, torch.get_num_threads() // workers)
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_forked_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(_forked_batch, k, batch) for k, batch in batches]
+            futures = [pool.submit(_forked_call, i, t) for i, t in enumerate(tasks)]
             try:
                 for f in as_completed(futures):
                     yield f.result()

@@ -61,6 +61,11 @@ def _fmt(x) -> str:
     return f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
+def _ci(scores: dict) -> str:
+    lo_hi = scores.get("ci95", {}).get("overall")
+    return "-" if not lo_hi else f"{lo_hi[0]:.2f} - {lo_hi[1]:.2f}"
+
+
 def _table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -72,15 +77,17 @@ def markdown(rows: list[dict]) -> str:
     gen = [r for r in rows if r["benchmark"] == "geneval"]
     if gen:
         parts.append("## GenEval (procedural world)\n\n" + _table(
-            ["Model", "Mode", *GENEVAL_COLUMNS.values(), "Overall", "Images"],
+            ["Model", "Mode", *GENEVAL_COLUMNS.values(), "Overall", "Overall 95% CI", "Images"],
             [[r["run"], r["mode"], *(_fmt(r["scores"].get(t)) for t in GENEVAL_COLUMNS),
-              _fmt(r["scores"]["overall"]), str(sum(r["scores"].get("images", {}).values()))] for r in gen]))
+              _fmt(r["scores"]["overall"]), _ci(r["scores"]), str(sum(r["scores"].get("images", {}).values()))]
+             for r in gen]))
     kn = [r for r in rows if r["benchmark"] == "knowledge"]
     if kn:
         parts.append("## Knowledge (WISE analogue; overall weighted by prompt share)\n\n" + _table(
-            ["Model", "Mode", *KNOWLEDGE_COLUMNS.values(), "Overall", "Images"],
+            ["Model", "Mode", *KNOWLEDGE_COLUMNS.values(), "Overall", "Overall 95% CI", "Images"],
             [[r["run"], r["mode"], *(_fmt(r["scores"].get(c)) for c in KNOWLEDGE_COLUMNS),
-              _fmt(r["scores"]["overall"]), str(sum(r["scores"].get("images", {}).values()))] for r in kn]))
+              _fmt(r["scores"]["overall"]), _ci(r["scores"]), str(sum(r["scores"].get("images", {}).values()))]
+             for r in kn]))
     cost = [r for r in rows if r["cost"]]
     if cost:
         parts.append("## Inference cost per prompt (mean over generated images)\n\n" + _table(

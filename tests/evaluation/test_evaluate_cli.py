@@ -214,6 +214,11 @@ def test_forked_workers_write_what_one_worker_writes(tmp_path, oracle):
             assert a.read_bytes() == b.read_bytes()
         recs = [sorted((d / f"{i:05d}" / "trajectories.jsonl").read_text().splitlines()) for d in (one, two)]
         assert recs[0] == recs[1]
+    # Scoring in forked workers: the same rows in the same order as one process.
+    rows1 = runner.score_dir(one, meta, show_progress=False, workers=1)
+    rows2 = runner.score_dir(one, meta, show_progress=False, workers=2, results_name="results2.jsonl")
+    assert rows1 == rows2 and len(rows1) == 2 * len(meta)
+    assert (one / "results.jsonl").read_text() == (one / "results2.jsonl").read_text()
 
 
 class _Failing(FakeGenerator):
@@ -235,3 +240,23 @@ def test_a_failing_worker_raises_and_keeps_finished_samples(tmp_path, oracle):
                             batch_size=2, show_progress=False, workers=2)
     assert layout.sample_path(tmp_path, 0, 0).is_file()            # an earlier batch's sample stays
     assert not layout.sample_path(tmp_path, len(meta) - 1, 0).is_file()
+
+
+def test_bootstrap_intervals_cover_the_score_and_shrink_with_prompts():
+    from procpaint.evaluation import runner
+
+    def rows(n, tags=("single_object", "colors")):
+        return [{"tag": t, "prompt": f"{t} {i}", "correct": i % 2 == 0} for t in tags for i in range(n)]
+
+    small, large = runner.summarize("geneval", rows(20)), runner.summarize("geneval", rows(400))
+    for s in (small, large):
+        lo, hi = s["ci95"]["overall"]
+        assert lo < s["overall"] == 0.5 < hi
+    width = lambda s: s["ci95"]["overall"][1] - s["ci95"]["overall"][0]     # noqa: E731
+    assert width(large) < width(small) / 3                          # ~1/sqrt(n): 20x the prompts
+    assert runner.summarize("geneval", rows(20)) == small            # a fixed bootstrap seed
+    perfect = runner.summarize("geneval", [{**r, "correct": True} for r in rows(10)])
+    assert perfect["ci95"]["overall"] == [1.0, 1.0]
+    # All images of a prompt are resampled together: 4 identical verdicts per prompt are one draw.
+    clustered = [r for r in rows(20) for _ in range(4)]
+    assert width(runner.summarize("geneval", clustered)) > width(small) / 1.5
