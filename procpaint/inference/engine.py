@@ -162,39 +162,53 @@ class _CallKV:
     def __init__(self, cache: BranchCache, queries: list[Query], spans: list[tuple[int, int]],
                  masks: list[torch.Tensor | None], device: torch.device):
         self.cache, self.queries, self.spans, self.device = cache, queries, spans, device
-        # Per query: where its new rows go in its owner's buffer (start), and its key mask.
-        self.slots: list[tuple[_Rows | None, int]] = []
+        # Per query: its owner's rows (None: no cache), where its new rows go in the owner's buffer
+        # (start; -1: a scratch copy, see attend), how many cached rows it sees, and its key mask.
+        self.slots: list[tuple[_Rows | None, int, int]] = []
         self.masks: list[torch.Tensor | None] = []
         offset: dict[int, int] = {}
         for q, (a, b), new_mask in zip(queries, spans, masks):
             n = b - a
             r = cache.rows.get(q.owner) if q.owner >= 0 else None
             if r is None:
-                self.slots.append((None, 0))
+                self.slots.append((None, 0, 0))
                 self.masks.append(new_mask)
                 continue
-            start = r.length + offset.get(q.owner, 0)
-            offset[q.owner] = offset.get(q.owner, 0) + n
             visible = min(q.limit, r.length)
-            if visible == start and new_mask is None:
-                self.masks.append(None)               # the whole prefix and itself whole
-            else:
+            start = r.length + offset.get(q.owner, 0)
+            if visible != start and not q.write:
+                # A prefix reader (text CFG) that keeps nothing: keys = the visible prefix followed by
+                # its own rows, copied (no mask over rows it must not see, fewer keys).
+                self.slots.append((r, -1, visible))
+                self.masks.append(None if new_mask is None else
+                                  torch.cat([torch.ones(n, visible, dtype=torch.bool, device=device),
+                                             new_mask], dim=1))
+                continue
+            offset[q.owner] = offset.get(q.owner, 0) + n
+            if visible == start:                      # the whole prefix, then the rule on its own rows
+                self.masks.append(new_mask if new_mask is None or visible == 0 else
+                                  torch.cat([torch.ones(n, visible, dtype=torch.bool, device=device),
+                                             new_mask], dim=1))
+            else:                                     # a second writer of one owner in one call
                 m = torch.zeros(n, start + n, dtype=torch.bool)
                 m[:, :visible] = True
-                m[:, start:] = True if new_mask is None else new_mask
+                m[:, start:] = True if new_mask is None else new_mask.cpu()
                 self.masks.append(m.to(device))
-            self.slots.append((r, start))
+            self.slots.append((r, start, visible))
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (L, H, hd), k/v (L, Hkv, hd) of this call's tokens in sequence order -> (L, H, hd)."""
         outs = []
-        for (a, b), (r, start), mask in zip(self.spans, self.slots, self.masks):
+        for (a, b), (r, start, visible), mask in zip(self.spans, self.slots, self.masks):
             kq, vq = k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)          # (Hkv, n, hd)
             if r is not None:
                 kb, vb = r.k[layer], r.v[layer]
-                kb[:, start:start + b - a] = kq
-                vb[:, start:start + b - a] = vq
-                kq, vq = kb[:, :start + b - a], vb[:, :start + b - a]
+                if start < 0:                                                # scratch copy
+                    kq, vq = torch.cat([kb[:, :visible], kq], dim=1), torch.cat([vb[:, :visible], vq], dim=1)
+                else:
+                    kb[:, start:start + b - a] = kq
+                    vb[:, start:start + b - a] = vq
+                    kq, vq = kb[:, :start + b - a], vb[:, :start + b - a]
             o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], kq[None], vq[None],
                                                attn_mask=mask, enable_gqa=True)   # (1, H, n, hd)
             outs.append(o[0].transpose(0, 1))
@@ -204,8 +218,8 @@ class _CallKV:
         """Keep the rows ``keep[i]`` (indexes into query i's new tokens; None: none) of each query, in
         query order after its owner's rows."""
         kept: dict[int, list[torch.Tensor]] = {}
-        for q, (r, start), rows in zip(self.queries, self.slots, keep):
-            if r is None or rows is None or rows.numel() == 0:
+        for q, (r, start, _), rows in zip(self.queries, self.slots, keep):
+            if r is None or start < 0 or rows is None or rows.numel() == 0:
                 continue
             kept.setdefault(q.owner, []).append(start + rows)
         for owner, parts in kept.items():

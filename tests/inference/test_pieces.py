@@ -77,3 +77,41 @@ def test_branch_cache_reserve_fork_drop():
     assert c.nbytes(1) == 2 * 2 * 5 * 3 * 4
     c.drop([0, 7])
     assert list(c.rows) == [1] and c.length == 5
+
+
+def test_engine_queries_of_one_owner_in_one_call(model, tok):
+    """Two writers and a prefix reader of one owner in one call: each sees the cache as it was before
+    the call plus only its own tokens (never another query's), and both writers' rows are kept in
+    query order — the same numbers as running the queries one by one."""
+    from procpaint.inference.engine import Engine, ImageSeg, Query, TextSeg
+
+    ids = tok.encode("a photo of a red circle")
+    z = torch.randn(16, model.cfg.latent_dim, generator=torch.Generator().manual_seed(0))
+    prefix = [TextSeg(ids, 0), ImageSeg(z, 0.0, len(ids), (4, 4), noise=False)]
+    a = [TextSeg(tok.encode("the image matches"), len(ids) + 1)]
+    b = [TextSeg(tok.encode("add a circle"), len(ids) + 1)]
+    reader = [ImageSeg(z * 0.5, 0.7, len(ids), (4, 4), noise=True)]
+
+    def primed() -> Engine:
+        e = Engine(model, tok.vision_start_id, tok.vision_end_id)
+        e.run([Query(prefix, owner=0, write=True)])
+        return e
+
+    together = primed()
+    n0 = together.cache.length_of(0)
+    outs = together.run([Query(a, owner=0, write=True), Query(b, owner=0, write=True),
+                         Query(reader, owner=0, limit=len(ids))])
+    alone = []
+    for segs, limit, write in ((a, 1 << 62, True), (b, 1 << 62, True), (reader, len(ids), False)):
+        e = primed()
+        alone.append((e, e.run([Query(segs, owner=0, limit=limit, write=write)])[0]))
+    for got, (_, want) in zip(outs, alone):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    rows = together.cache.rows[0]
+    na, nb = sum(s.num_tokens for s in a), sum(s.num_tokens for s in b)
+    assert rows.length == n0 + na + nb
+    for layer in range(model.cfg.num_layers):          # a's rows, then b's, where one-by-one put them
+        want_a = alone[0][0].cache.rows[0].k[layer][:, n0:n0 + na]
+        want_b = alone[1][0].cache.rows[0].k[layer][:, n0:n0 + nb]
+        torch.testing.assert_close(rows.k[layer][:, n0:n0 + na], want_a, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rows.k[layer][:, n0 + na:n0 + na + nb], want_b, atol=1e-5, rtol=1e-5)
