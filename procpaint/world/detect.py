@@ -147,8 +147,13 @@ def render_templates(area: float, mx: float, my: float, y0: int, x0: int, h: int
     iy = np.floor(((ys[None] - cy[:, None]) / r[:, None] + 1) * (MASK_RES / 2)).astype(np.int64)
     ix[(ix < 0) | (ix >= MASK_RES)] = MASK_RES                               # the false border
     iy[(iy < 0) | (iy >= MASK_RES)] = MASK_RES
-    m = masks[np.arange(len(ua))[:, None, None], iy[:, :, None], ix[:, None, :]]   # (S, h*ss, w*ss)
-    return m.reshape(len(ua), h, ss, w, ss).sum(axis=(2, 4), dtype=np.float32) / (ss * ss), r
+    s, side = len(ua), masks.shape[-1]
+    rows = (np.arange(s)[:, None] * side + iy) * side                       # (S, h*ss) flat row starts
+    m = masks.reshape(-1).take(rows[:, :, None] + ix[:, None, :])           # (S, h*ss, w*ss) bool
+    # Box filter as two contiguous sums of 0/1 samples (exact integers: the same values as one sum
+    # over both axes, ~2x faster).
+    m = m.reshape(s, h, ss, w * ss).sum(axis=2, dtype=np.uint8)              # (S, h, w*ss)
+    return m.reshape(s, h, w, ss).sum(axis=3, dtype=np.float32) / (ss * ss), r
 
 
 @cache
