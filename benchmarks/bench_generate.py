@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from procpaint.inference import GenerationConfig, Generator, load_generator  # noqa: E402
-from procpaint.model import build_model, model_config  # noqa: E402
+from procpaint.model import build_model, flops_per_token, model_config  # noqa: E402
 from procpaint.sequence.tokenizer import TextTokenizer, build_word_level  # noqa: E402
 from procpaint.world import vocabulary  # noqa: E402
 
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--batch", type=int, default=16, help="prompts of the batched rows")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="10 flow steps, 1 repeat")
     ap.add_argument("--out", help="write a markdown table here")
@@ -95,21 +96,26 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ckpt:
-        gen = load_generator(args.ckpt)
+        gen = load_generator(args.ckpt, args.device)
         scripts = {k: None for k in SCRIPTS}
     else:
         tok = TextTokenizer(build_word_level(vocabulary()))
         torch.manual_seed(0)
         mcfg = model_config(args.preset, vocab_size=tok.vocab_size, attn_backend="sdpa", patch_size=4)
-        model = build_model(mcfg)
+        model = build_model(mcfg, device=args.device)
         torch.nn.init.normal_(model.llm2vae.weight, std=0.02)
         gen = Generator(model.eval(), tok, image_size=args.image_size)
         scripts = {k: encode(tok, s) for k, s in SCRIPTS.items()}
     cfg = GenerationConfig(num_steps=args.steps, max_text_tokens=64)
     rows = []
 
+    # Matmul FLOPs per model token (attention excluded: its cost depends on each query's context).
+    fpt = flops_per_token(gen.model.cfg, 0.0, training=False)
+
     def row(name, secs, res, note=""):
         r = res[0]
+        tflops = sum(x.model_tokens for x in res) * fpt / (secs * len(res)) / 1e12
+        note = f"{note}; {tflops:.3f} matmul TFLOP/s" if note else f"{tflops:.3f} matmul TFLOP/s"
         rows.append((name, r.num_images, r.forward_passes, r.model_tokens, secs, note))
         print(f"{name:<44} images={r.num_images} passes={r.forward_passes:>4} tokens={r.model_tokens:>7} "
               f"{secs:8.3f} s  {note}", flush=True)
@@ -149,6 +155,8 @@ def main() -> None:
                        if ln.startswith("model name"))
         except (OSError, StopIteration):
             pass
+        if args.device == "cuda":
+            cpu = f"{torch.cuda.get_device_name()} (host {cpu})"
         mc = gen.model.cfg
         what = f"checkpoint {args.ckpt}" if args.ckpt else f"random init, preset {args.preset}"
         cores = torch.multiprocessing.cpu_count()
