@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from procpaint.kernels import packing
+from procpaint.kernels.modes import Mode
 from procpaint.model import ProcPaintModel, Routing
 
 
@@ -65,11 +66,11 @@ class ImageSeg:
 Seg = TextSeg | ImageSeg
 
 
-def seg_mode(seg: Seg) -> str:
-    """The attention mode of a split (kernels.packing.MODES)."""
+def seg_mode(seg: Seg) -> Mode:
+    """The attention mode of a split."""
     if isinstance(seg, TextSeg):
-        return "causal"
-    return "noise" if seg.noise else "full"
+        return Mode.CAUSAL
+    return Mode.NOISE if seg.noise else Mode.FULL
 
 
 @dataclass
@@ -299,7 +300,7 @@ class Engine:
         modes = tuple(seg_mode(s) for s in q.segs)
         key = (lens, modes)
         if key not in self._masks:
-            if len(lens) == 1 and (modes[0] != "causal" or lens[0] == 1):
+            if len(lens) == 1 and (modes[0] != Mode.CAUSAL or lens[0] == 1):
                 self._masks[key] = None               # one full/noise split, or one text token
             else:
                 mask = packing.attention_mask(list(lens), list(modes), [sum(lens)])

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-CAUSAL, FULL, NOISE = 0, 1, 2
+from procpaint.kernels.modes import Mode
+
+CAUSAL, FULL, NOISE = Mode.CAUSAL.code, Mode.FULL.code, Mode.NOISE.code
 _CHUNK_ELEMS = 1 << 24  # rows per chunk of the dense reference bound its temporaries to ~16M
 
 

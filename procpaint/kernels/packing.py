@@ -32,8 +32,9 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from procpaint import _ext
 from procpaint.kernels import _packing_ref as ref
+from procpaint.kernels.modes import Mode
 
-MODES: dict[str, int] = {"causal": 0, "full": 1, "noise": 2}
+MODES: dict[str, int] = {m.value: m.code for m in Mode}
 _MODE_NAMES = {code: name for name, code in MODES.items()}
 _INT32_MAX = 2**31 - 1
 _BLOCK_TENSORS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",

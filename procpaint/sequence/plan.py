@@ -40,10 +40,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from procpaint.kernels.modes import Mode
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.sequence.types import ImageSegment, Sample, TextSegment
 
-CAUSAL, NOISE, FULL = "causal", "noise", "full"
+CAUSAL, NOISE, FULL = Mode.CAUSAL, Mode.NOISE, Mode.FULL
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,18 @@ def test_cuda_opcheck(native, op):
     args = op_args(EXAMPLE, "cuda")
     extra = {"attention_mask": (), "attention_bias": (torch.float16,), "block_mask_tensors": (4,)}[op]
     torch.library.opcheck(getattr(torch.ops.procpaint, op).default, (*args, *extra))
+
+
+def test_one_mode_definition_mirrored_by_the_cpp_header():
+    """kernels.modes.Mode is the one Python definition; csrc/packing/packing_rule.h's enum must agree."""
+    import re
+    from pathlib import Path
+
+    from procpaint.kernels.modes import Mode
+    from procpaint.kernels.packing import MODES
+
+    header = (Path(__file__).resolve().parents[2] / "csrc/packing/packing_rule.h").read_text()
+    enum = re.search(r"enum Mode : int32_t \{([^}]*)\}", header).group(1)
+    cpp = {name.strip()[1:].lower(): int(code) for name, code in re.findall(r"(k\w+)\s*=\s*(\d+)", enum)}
+    assert cpp == {m.value: m.code for m in Mode} == MODES
+    assert Mode.CAUSAL == "causal" and {"noise": 1}[Mode.NOISE] == 1      # plain strings everywhere
