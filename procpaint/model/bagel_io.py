@@ -21,10 +21,23 @@ Per decoder layer ``i`` and expert (understanding: no suffix, generation: ``_moe
 plus ``language_model.model.{embed_tokens,norm,norm_moe_gen}``, ``language_model.lm_head`` and the
 generation glue under the same names as ours (``time_embedder.mlp.{0,2}``, ``vae2llm``, ``llm2vae``).
 ``latent_pos_embed.pos_embed`` is BAGEL's fixed 2-D sin-cos table (max_latent_size**2, D); we compute
-it on the fly, so loading checks the table against ours and export writes it. The understanding
-path (``vit_model.*``, ``connector.*``, ``vit_pos_embed.*``) has no counterpart yet: loading reports
-those keys and skips them; export copies them from a ``template`` directory so BAGEL's own
-inference code gets a complete checkpoint.
+it on the fly, so loading checks the table against ours and export writes it.
+
+The understanding path (``model.vit``; ``procpaint.model.vit``), per ViT layer ``i``:
+
+    vit_model.vision_model.embeddings.patch_embedding.{weight,bias}  -> vit.patch_embed (W, p*p*3)
+    vit_model.vision_model.embeddings.position_embedding.weight      -> vit.pos_embed.weight
+    ...encoder.layers.i.layer_norm{1,2}.{weight,bias}                 -> vit.layers.i.norm{1,2}
+    ...encoder.layers.i.self_attn.{q,k,v}_proj.{weight,bias} (q|k|v) -> vit.layers.i.qkv
+    ...encoder.layers.i.self_attn.out_proj / .mlp.fc{1,2}            -> vit.layers.i.out / .fc{1,2}
+    vit_model.vision_model.post_layernorm.{weight,bias}              -> vit.post_norm
+    connector.fc{1,2}.{weight,bias}                                  -> connector.fc{1,2}
+
+BAGEL stores the patch embedding flattened (a conv-shaped (W, 3, p, p) one is flattened on load);
+``vit_pos_embed.pos_embed`` is a fixed sin-cos table like the latent one (checked, written).
+``vit_config.json`` names one layer more than the checkpoint holds (BAGEL drops the last on load).
+A model without the ViT path skips those keys on load (reported); export then copies them from
+a ``template`` directory so BAGEL's own inference code gets a complete checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ from torch import nn
 
 from procpaint.io import atomic_save
 from procpaint.model.config import ModelConfig
-from procpaint.model.embeddings import sincos_2d
+from procpaint.model.embeddings import sincos_grid
 from procpaint.model.parallel import copy_into, is_dtensor
 
 logger = logging.getLogger(__name__)
@@ -47,6 +60,9 @@ logger = logging.getLogger(__name__)
 LLM = "language_model."
 UND_PREFIXES = ("vit_model.", "connector.", "vit_pos_embed.")   # the ViT understanding path
 POS_KEY = "latent_pos_embed.pos_embed"
+VIT_POS_KEY = "vit_pos_embed.pos_embed"
+VIT = "vit_model.vision_model."
+PATCH_KEY = VIT + "embeddings.patch_embedding.weight"
 WEIGHT_FILES = ("ema.safetensors", "model.safetensors")
 
 
@@ -64,8 +80,8 @@ def _short(keys, n: int = 8) -> str:
 def key_map(cfg: ModelConfig, *, glue: bool = True) -> list[tuple[str, tuple[str, ...]]]:
     """(our key, BAGEL key(s)) pairs; several BAGEL keys are concatenated along dim 0 (q|k|v).
 
-    ``glue=False`` leaves out the generation glue (timestep MLP, vae2llm, llm2vae): the language
-    model alone, as in a plain Qwen2 checkpoint.
+    ``glue=False`` leaves out the generation glue (timestep MLP, vae2llm, llm2vae) and the ViT
+    path: the language model alone, as in a plain Qwen2 checkpoint.
     """
     m = LLM + "model."
     pairs = [("embed_tokens.weight", (m + "embed_tokens.weight",)),
@@ -90,21 +106,40 @@ def key_map(cfg: ModelConfig, *, glue: bool = True) -> list[tuple[str, tuple[str
     if glue:
         for name in ("time_embedder.mlp.0", "time_embedder.mlp.2", "vae2llm", "llm2vae"):
             pairs += [(f"{name}.{p}", (f"{name}.{p}",)) for p in ("weight", "bias")]
+        if cfg.vit:
+            pairs += vit_key_map(cfg)
     return pairs
 
 
-def _qkv_sizes(cfg: ModelConfig) -> list[int]:
+def vit_key_map(cfg: ModelConfig, *, connector: bool = True) -> list[tuple[str, tuple[str, ...]]]:
+    """:func:`key_map`'s pairs of the ViT path (``connector=False``: the SigLIP encoder alone)."""
+    e, wb = VIT + "embeddings.", ("weight", "bias")
+    pairs = [(f"vit.patch_embed.{p}", (f"{e}patch_embedding.{p}",)) for p in wb]
+    pairs.append(("vit.pos_embed.weight", (e + "position_embedding.weight",)))
+    for i in range(cfg.vit_num_layers):
+        a, t = f"{VIT}encoder.layers.{i}.", f"vit.layers.{i}."
+        for p in wb:
+            pairs += [(f"{t}norm{n}.{p}", (f"{a}layer_norm{n}.{p}",)) for n in (1, 2)]
+            pairs += [(f"{t}qkv.{p}", tuple(f"{a}self_attn.{x}_proj.{p}" for x in "qkv")),
+                      (f"{t}out.{p}", (f"{a}self_attn.out_proj.{p}",)),
+                      (f"{t}fc1.{p}", (f"{a}mlp.fc1.{p}",)), (f"{t}fc2.{p}", (f"{a}mlp.fc2.{p}",))]
+    pairs += [(f"vit.post_norm.{p}", (f"{VIT}post_layernorm.{p}",)) for p in wb]
+    if connector:
+        pairs += [(f"connector.{n}.{p}", (f"connector.{n}.{p}",)) for n in ("fc1", "fc2") for p in wb]
+    return pairs
+
+
+def _qkv_sizes(cfg: ModelConfig, key: str = "") -> list[int]:
+    """Rows of q, k, v in our fused ``key`` (the ViT's are equal: no grouped-query attention)."""
+    if key.startswith("vit."):
+        return [cfg.vit_hidden_size] * 3
     return [cfg.num_heads * cfg.head_dim] + [cfg.num_kv_heads * cfg.head_dim] * 2
 
 
 def latent_pos_table(cfg: ModelConfig) -> torch.Tensor:
     """BAGEL's ``latent_pos_embed.pos_embed`` (max_latent_size**2, D) as our model computes it."""
     g = cfg.max_latent_size
-    idx = torch.arange(g * g)
-    rows, cols = idx // g, idx % g
-    if cfg.sincos_order == "col_row":
-        rows, cols = cols, rows
-    return sincos_2d(rows, cols, cfg.hidden_size)
+    return sincos_grid(torch.arange(g * g), g, cfg.hidden_size, cfg.sincos_order)
 
 
 # ------------------------------------------------------------------------------ state dicts
@@ -115,11 +150,21 @@ def to_bagel_state_dict(model: nn.Module, *, glue: bool = True) -> dict[str, tor
     out: dict[str, torch.Tensor] = {}
     for key, theirs in key_map(cfg, glue=glue):
         t = ours[key].detach()
-        parts = t.split(_qkv_sizes(cfg)) if len(theirs) > 1 else (t,)
+        parts = t.split(_qkv_sizes(cfg, key)) if len(theirs) > 1 else (t,)
         out.update({k: p.contiguous() for k, p in zip(theirs, parts)})
     if glue:
         out[POS_KEY] = latent_pos_table(cfg).to(ours["vae2llm.weight"].dtype)
+        if cfg.vit:
+            out[VIT_POS_KEY] = model.vit_pos_embed.table().to(ours["connector.fc1.weight"].dtype)
     return out
+
+
+def _flatten_patch_embedding(sd: dict) -> dict:
+    """A conv-shaped (W, 3, p, p) ViT patch embedding as BAGEL's flattened (W, p*p*3), (dy, dx, c)."""
+    w = sd.get(PATCH_KEY)
+    if w is None or w.ndim != 4:
+        return sd
+    return sd | {PATCH_KEY: w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)}
 
 
 def _resize_vocab(sd: dict, ours: dict, source: str) -> dict:
@@ -144,21 +189,24 @@ def _resize_vocab(sd: dict, ours: dict, source: str) -> dict:
 
 
 def load_bagel_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, glue: bool = True,
-                          resize_vocab: bool = False, source: str = "checkpoint") -> list[str]:
+                          resize_vocab: bool = False, source: str = "checkpoint",
+                          pairs: list[tuple[str, tuple[str, ...]]] | None = None) -> list[str]:
     """Copy BAGEL-named weights ``sd`` into ``model``; every mismatch is one :class:`BagelFormatError`.
 
     ``resize_vocab``: the vocabulary dimension alone may differ (see :func:`_resize_vocab`).
-    Returns the understanding-path keys that were skipped (no ViT path in the model).
+    ``pairs``: the part of :func:`key_map` to load (default: all of it for ``glue``).
+    Returns the understanding-path keys that were skipped (a model without the ViT path).
     """
     cfg: ModelConfig = model.cfg
     ours = model.state_dict()
     if resize_vocab:
         sd = _resize_vocab(sd, ours, source)
-    pairs = key_map(cfg, glue=glue)
+    sd = _flatten_patch_embedding(sd)
+    pairs = key_map(cfg, glue=glue) if pairs is None else pairs
     expected = {k for _, theirs in pairs for k in theirs}
     missing = sorted(expected - sd.keys())
-    skipped = sorted(k for k in sd if k.startswith(UND_PREFIXES))
-    unexpected = sorted(sd.keys() - expected - set(skipped) - {POS_KEY})
+    skipped = [] if cfg.vit else sorted(k for k in sd if k.startswith(UND_PREFIXES))
+    unexpected = sorted(sd.keys() - expected - set(skipped) - {POS_KEY, VIT_POS_KEY})
     if cfg.tie_word_embeddings and LLM + "lm_head.weight" in unexpected:   # HF keeps a tied copy
         unexpected.remove(LLM + "lm_head.weight")
     bad_shape, new = [], {}
@@ -166,7 +214,7 @@ def load_bagel_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, glue
         if any(k not in sd for k in theirs):
             continue
         want = ours[key].shape
-        sizes = _qkv_sizes(cfg) if len(theirs) > 1 else [want[0]]
+        sizes = _qkv_sizes(cfg, key) if len(theirs) > 1 else [want[0]]
         for k, n in zip(theirs, sizes):
             if tuple(sd[k].shape) != (n, *want[1:]):
                 bad_shape.append(f"{k} {tuple(sd[k].shape)} vs model {(n, *want[1:])}")
@@ -178,14 +226,18 @@ def load_bagel_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, glue
         problems.append(f"{len(unexpected)} unexpected key(s): {_short(unexpected)}")
     if bad_shape:
         problems.append(f"{len(bad_shape)} shape mismatch(es): {_short(bad_shape, 4)}")
-    if glue and POS_KEY in sd and not bad_shape:
-        table = latent_pos_table(cfg)
-        got = sd[POS_KEY]
+    tables = [(POS_KEY, latent_pos_table(cfg), "max_latent_size")] if glue else []
+    if cfg.vit and VIT_POS_KEY in sd:
+        tables.append((VIT_POS_KEY, model.vit_pos_embed.table(), "vit_max_patches_per_side"))
+    for name, table, side in tables if not bad_shape else ():
+        got = sd.get(name)
+        if got is None:
+            continue
         if got.shape != table.shape:
-            problems.append(f"{POS_KEY} is {tuple(got.shape)}, the model's table is {tuple(table.shape)} "
-                            f"(model.max_latent_size={cfg.max_latent_size})")
+            problems.append(f"{name} is {tuple(got.shape)}, the model's table is {tuple(table.shape)} "
+                            f"(model.{side}={getattr(cfg, side)})")
         elif not torch.allclose(got.float(), table.to(got.dtype).float(), atol=1e-6):
-            problems.append(f"{POS_KEY} differs from the model's 2-D sin-cos table "
+            problems.append(f"{name} differs from the model's 2-D sin-cos table "
                             f"(model.sincos_order={cfg.sincos_order!r}; BAGEL's is 'col_row')")
     if cfg.tie_word_embeddings and LLM + "lm_head.weight" in sd and not bad_shape:
         if not torch.equal(sd[LLM + "lm_head.weight"], sd[LLM + "model.embed_tokens.weight"]):
@@ -207,6 +259,21 @@ def load_qwen2_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, sour
     if cfg.mot:
         theirs |= {_gen_name(k): v for k, v in theirs.items() if _gen_name(k) != k}
     load_bagel_state_dict(model, theirs, glue=False, source=source)
+
+
+def load_siglip_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, source: str = "SigLIP") -> None:
+    """A Hugging Face ``SiglipVisionModel`` state dict (``embeddings.*``, ``encoder.*``, ...; before
+    transformers 5 under ``vision_model.``) into the ViT encoder (``cfg.vit``); the connector keeps
+    its weights. The conv patch embedding is flattened; a pooling head (``head.*``) has no place
+    in BAGEL and is left out. The layer count must match the model's (BAGEL's 26 of so400m's 27:
+    drop the last layer's keys first)."""
+    if not model.cfg.vit:
+        raise BagelFormatError(f"{source}: the model has no ViT path (model.vit=False)")
+    sd = {k.removeprefix("vision_model."): v for k, v in sd.items()}
+    theirs = {VIT + k: v for k, v in sd.items()
+              if not k.startswith("head.") and k != "embeddings.position_ids"}
+    load_bagel_state_dict(model, theirs, glue=False, pairs=vit_key_map(model.cfg, connector=False),
+                          source=source)
 
 
 def _gen_name(key: str) -> str:
@@ -290,9 +357,41 @@ def check_llm_config(cfg: ModelConfig, llm: dict, source: str = "llm_config.json
         raise BagelFormatError(f"{source} does not match the model config: " + "; ".join(bad))
 
 
+def check_vit_config(cfg: ModelConfig, vit: dict, source: str = "vit_config.json") -> None:
+    """The ViT's dimensions against BAGEL's ``vit_config.json`` (which counts one layer more)."""
+    pairs = [("vit_hidden_size", "hidden_size"), ("vit_num_heads", "num_attention_heads"),
+             ("vit_intermediate_size", "intermediate_size"), ("vit_patch_size", "patch_size")]
+    bad = [f"model.{ours}={getattr(cfg, ours)} vs {theirs}={vit.get(theirs)}"
+           for ours, theirs in pairs if theirs in vit and getattr(cfg, ours) != vit[theirs]]
+    if "num_hidden_layers" in vit and cfg.vit_num_layers != vit["num_hidden_layers"] - 1:
+        bad.append(f"model.vit_num_layers={cfg.vit_num_layers} vs num_hidden_layers="
+                   f"{vit['num_hidden_layers']} (BAGEL runs one layer fewer)")
+    if "image_size" in vit and vit["image_size"] // vit.get("patch_size", cfg.vit_patch_size) \
+            != cfg.vit_max_patches_per_side:
+        bad.append(f"model.vit_max_patches_per_side={cfg.vit_max_patches_per_side} vs image_size / "
+                   f"patch_size={vit['image_size']} / {vit.get('patch_size', cfg.vit_patch_size)}")
+    if vit.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        bad.append(f"hidden_act={vit['hidden_act']!r} (the ViT's MLP is GELU with tanh)")
+    if "layer_norm_eps" in vit and abs(cfg.vit_layer_norm_eps - vit["layer_norm_eps"]) > 1e-12:
+        bad.append(f"model.vit_layer_norm_eps={cfg.vit_layer_norm_eps} vs "
+                   f"layer_norm_eps={vit['layer_norm_eps']}")
+    if bad:
+        raise BagelFormatError(f"{source} does not match the model config: " + "; ".join(bad))
+
+
+def bagel_vit_config(cfg: ModelConfig) -> dict:
+    """A SigLIP vit_config.json for ``cfg``'s ViT (one layer more than the model runs, as BAGEL reads it)."""
+    return dict(model_type="siglip_vision_model", hidden_size=cfg.vit_hidden_size,
+                intermediate_size=cfg.vit_intermediate_size, num_attention_heads=cfg.vit_num_heads,
+                num_hidden_layers=cfg.vit_num_layers + 1, patch_size=cfg.vit_patch_size,
+                image_size=cfg.vit_patch_size * cfg.vit_max_patches_per_side, num_channels=3,
+                hidden_act="gelu_pytorch_tanh", layer_norm_eps=cfg.vit_layer_norm_eps)
+
+
 def load_bagel(model: nn.Module, path: str | Path, *, resize_vocab: bool = True, weights: bool = True
                ) -> nn.Module:
-    """Load a BAGEL-format directory's language model and generation glue into ``model`` (in place),
+    """Load a BAGEL-format directory's language model, generation glue and (``model.vit``) ViT path
+    into ``model`` (in place),
     and its ``ae.safetensors`` into a VAE codec that has no ``model.vae_path`` of its own.
 
     The model's vocabulary is its tokenizer's; ``resize_vocab`` lets the embedding and LM head
@@ -304,6 +403,9 @@ def load_bagel(model: nn.Module, path: str | Path, *, resize_vocab: bool = True,
     if weights:
         check_llm_config(model.cfg, read_llm_config(path), str(path / "llm_config.json"),
                          vocab=not resize_vocab)
+        if model.cfg.vit and (path / "vit_config.json").is_file():
+            check_vit_config(model.cfg, json.loads((path / "vit_config.json").read_text()),
+                             str(path / "vit_config.json"))
         skipped = load_bagel_state_dict(model, read_bagel_weights(path), resize_vocab=resize_vocab,
                                         source=str(path))
     codec = getattr(model, "codec", None)
@@ -312,9 +414,9 @@ def load_bagel(model: nn.Module, path: str | Path, *, resize_vocab: bool = True,
 
         attach_flux_autoencoder(codec, path / "ae.safetensors")   # a VAE codec without model.vae_path
     if skipped:
-        logger.warning("%s: %d understanding-path tensors (%s) skipped: procpaint has no ViT path yet; "
-                       "export_bagel(..., template=%s) carries them over", path, len(skipped),
-                       ", ".join(UND_PREFIXES), path)
+        logger.warning("%s: %d understanding-path tensors (%s) skipped: the model has no ViT path "
+                       "(model.vit=False); export_bagel(..., template=%s) carries them over", path,
+                       len(skipped), ", ".join(UND_PREFIXES), path)
     return model
 
 
@@ -334,9 +436,11 @@ def export_bagel(model: nn.Module, out: str | Path, *, template: str | Path | No
                  dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` as a BAGEL-format directory ``out`` (llm_config.json + ema.safetensors).
 
-    ``template``: the BAGEL directory the model came from; its understanding-path tensors (ViT,
-    connector) are carried into ema.safetensors and its other files (vit_config.json,
-    ae.safetensors, tokenizer files) are copied, so BAGEL's inference code can run the result.
+    ``template``: the BAGEL directory the model came from; its other files (vit_config.json,
+    ae.safetensors, tokenizer files) are copied, and for a model without the ViT path its
+    understanding-path tensors (ViT, connector) are carried into ema.safetensors, so BAGEL's
+    inference code can run the result. A model with the ViT path writes its own (and a
+    vit_config.json when the template has none).
     Each file is written under a temporary name and renamed.
     """
     from safetensors.torch import save_file
@@ -346,8 +450,8 @@ def export_bagel(model: nn.Module, out: str | Path, *, template: str | Path | No
     sd = to_bagel_state_dict(model)
     if template is not None:
         template = check_bagel_dir(template)
-        kept = {k: v for k, v in read_bagel_weights(template).items() if k.startswith(UND_PREFIXES)}
-        sd.update(kept)
+        if not model.cfg.vit:
+            sd.update({k: v for k, v in read_bagel_weights(template).items() if k.startswith(UND_PREFIXES)})
         ours = {f.name for f in _weight_files(template)} | {"llm_config.json"}
         ours |= {f.name for f in template.glob("*.safetensors.index.json")}
         for f in template.iterdir():               # vit_config.json, ae.safetensors, tokenizer files
@@ -356,6 +460,9 @@ def export_bagel(model: nn.Module, out: str | Path, *, template: str | Path | No
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    if model.cfg.vit and (template is None or not (template / "vit_config.json").is_file()):
+        atomic_save(out / "vit_config.json",
+                    lambda t: t.write_text(json.dumps(bagel_vit_config(model.cfg), indent=2) + "\n"))
     atomic_save(out / "llm_config.json",
                 lambda t: t.write_text(json.dumps(bagel_llm_config(model.cfg), indent=2) + "\n"))
     atomic_save(out / "ema.safetensors", lambda t: save_file(sd, str(t), metadata={"format": "pt"}))

@@ -49,6 +49,18 @@ class ModelConfig:
     # token's noise can still predict its clean value.
     prediction: str = "velocity"
     prediction_t_min: float = 0.05
+    # The understanding path for images (procpaint.model.vit): a SigLIP encoder over 2-D patch grids
+    # (NaViT), a connector to hidden_size and a 2-D sin-cos position table. False: none of its
+    # modules exist (the state dict is the LLM's alone). The defaults are a small encoder for the
+    # procedural world; bagel-7b sets SigLIP-so400m's shapes.
+    vit: bool = False
+    vit_hidden_size: int = 256
+    vit_num_layers: int = 4              # BAGEL: so400m's 27 minus the last (26)
+    vit_num_heads: int = 4
+    vit_intermediate_size: int = 1024    # GELU(tanh) MLP hidden size
+    vit_patch_size: int = 8              # pixels per side of a patch (SigLIP-so400m: 14)
+    vit_max_patches_per_side: int = 16   # position tables: this many patches per side (BAGEL: 70)
+    vit_layer_norm_eps: float = 1e-6
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -71,6 +83,13 @@ class ModelConfig:
             raise ValueError(f"model.prediction must be 'velocity' or 'clean', got {self.prediction!r}")
         if not 0.0 < self.prediction_t_min < 1.0:
             raise ValueError(f"model.prediction_t_min must be in (0, 1), got {self.prediction_t_min}")
+        for key in ("vit_hidden_size", "vit_num_layers", "vit_num_heads", "vit_intermediate_size",
+                    "vit_patch_size", "vit_max_patches_per_side"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.vit_hidden_size % self.vit_num_heads:
+            raise ValueError(f"model.vit_hidden_size ({self.vit_hidden_size}) must be divisible by "
+                             f"model.vit_num_heads ({self.vit_num_heads})")
         for key in ("latent_mean", "latent_std"):
             v = getattr(self, key)
             if v is None:
@@ -115,7 +134,10 @@ PRESETS: dict[str, ModelConfig] = {
                             num_kv_heads=4, intermediate_size=18944, rope_theta=1_000_000.0,
                             tie_word_embeddings=False, codec="vae", latent_channels=16,
                             latent_downsample=8, patch_size=2, max_latent_size=64,
-                            qkv_bias=True, timestep_scale=1.0, sincos_order="col_row"),
+                            qkv_bias=True, timestep_scale=1.0, sincos_order="col_row",
+                            # SigLIP-so400m-14 at 980 px as BAGEL builds it (one layer dropped)
+                            vit=True, vit_hidden_size=1152, vit_num_layers=26, vit_num_heads=16,
+                            vit_intermediate_size=4304, vit_patch_size=14, vit_max_patches_per_side=70),
 }
 
 

@@ -7,6 +7,7 @@
 - :func:`sincos_2d`: fixed 2-D sin-cos embedding of a latent token's (row, col) inside its image
   (MAE / BAGEL ``PositionEmbedding``), computed on the fly instead of a ``max_latent_size**2`` table:
   the table would be 58 MB at BAGEL-7B width, the direct computation is N x D sin/cos.
+  :func:`sincos_grid` is the same for flattened ids on a fixed grid (BAGEL's tables).
 - :class:`TimestepEmbedder`: sinusoidal features of the flow time ``t in [0, 1]`` -> MLP (DiT).
 
 None of these hold buffers, so a model built on the meta device needs no buffer re-initialisation.
@@ -68,6 +69,19 @@ def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
         raise ValueError(f"2-D sin-cos embedding needs dim divisible by 4, got {dim}")
     emb = torch.cat([_sincos_1d(rows, dim // 2), _sincos_1d(cols, dim // 2)], dim=-1)
     return emb.to(torch.float32)
+
+
+def sincos_grid(position_ids: torch.Tensor, side: int, dim: int, order: str = "row_col") -> torch.Tensor:
+    """2-D sin-cos embedding (N, dim) float32 of flattened grid ids ``r * side + c`` (N,).
+
+    Row ``i`` of BAGEL's ``PositionEmbedding`` table (``latent_pos_embed``, ``vit_pos_embed``:
+    ``side**2`` rows) is ``sincos_grid(i, side, dim, "col_row")``: MAE's meshgrid puts the column
+    first. ``order="row_col"`` puts the row's channels first.
+    """
+    rows, cols = position_ids // side, position_ids % side
+    if order == "col_row":
+        rows, cols = cols, rows
+    return sincos_2d(rows, cols, dim)
 
 
 def timestep_features(t: torch.Tensor, dim: int, scale: float = 1.0, max_period: float = 10000.0

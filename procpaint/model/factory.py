@@ -104,7 +104,8 @@ def expert_layer_parameters(cfg: ModelConfig) -> int:
 
 
 def expected_num_parameters(cfg: ModelConfig) -> int:
-    """Closed-form parameter count of :class:`ProcPaintModel` (codec weights excluded)."""
+    """Closed-form parameter count of :class:`ProcPaintModel` (codec weights excluded; the ViT
+    path's included when ``cfg.vit``)."""
     experts = 2 if cfg.mot else 1
     d, v, dl, fd = cfg.hidden_size, cfg.vocab_size, cfg.latent_dim, cfg.timestep_freq_dim
     total = cfg.num_layers * experts * expert_layer_parameters(cfg)
@@ -112,7 +113,29 @@ def expected_num_parameters(cfg: ModelConfig) -> int:
     total += v * d * (1 if cfg.tie_word_embeddings else 2)   # embedding (+ untied head)
     total += (dl * d + d) + (d * dl + dl)                    # vae2llm, llm2vae
     total += (fd * d + d) + (d * d + d)                      # timestep MLP
+    if cfg.vit:
+        total += vit_parameters(cfg)
     return total
+
+
+def vit_parameters(cfg: ModelConfig) -> int:
+    """Parameters of the understanding path (``cfg.vit``): encoder, position table, connector."""
+    w, f, p, s, d = (cfg.vit_hidden_size, cfg.vit_intermediate_size, cfg.vit_patch_size,
+                     cfg.vit_max_patches_per_side, cfg.hidden_size)
+    layer = 4 * (w * w + w) + (w * f + f) + (f * w + w) + 2 * 2 * w      # q|k|v|o, MLP, two LayerNorms
+    encoder = cfg.vit_num_layers * layer + (3 * p * p * w + w) + s * s * w + 2 * w
+    return encoder + (w * d + d) + (d * d + d)                           # + connector
+
+
+def vit_flops_per_patch(cfg: ModelConfig, patches_per_image: float, *, training: bool = True) -> float:
+    """Model FLOPs per ViT patch through encoder and connector, :func:`flops_per_token`'s convention
+    (each image attends only to itself: ``patches_per_image`` keys). The patch then enters the
+    language model as one understanding token, counted by :func:`flops_per_token`."""
+    w, f, p, d = cfg.vit_hidden_size, cfg.vit_intermediate_size, cfg.vit_patch_size, cfg.hidden_size
+    matmul = cfg.vit_num_layers * (4 * w * w + 2 * w * f) + 3 * p * p * w + w * d + d * d
+    attn = 2 * cfg.vit_num_layers * w * patches_per_image
+    fwd = 2 * matmul + 2 * attn
+    return 3 * fwd if training else fwd
 
 
 def flops_per_token(cfg: ModelConfig, context_len: float, *, training: bool = True,
@@ -124,7 +147,8 @@ def flops_per_token(cfg: ModelConfig, context_len: float, *, training: bool = Tr
     AV), where ``context_len`` is the mean number of keys a query attends (``mask.sum() / L``
     for a pack; ~L/2 for causal text). The LM head runs only on CE positions: pass their share
     as ``lm_head_fraction``. ``training`` multiplies by 3 (forward + backward = 2 x forward).
-    Norms, RoPE, softmax and embeddings' gathers are ignored, as usual for MFU.
+    Norms, RoPE, softmax and embeddings' gathers are ignored, as usual for MFU. ViT patches add
+    :func:`vit_flops_per_patch` each before they enter as tokens.
     """
     d = cfg.hidden_size
     matmul = cfg.num_layers * (expert_layer_parameters(cfg) - 2 * d - 2 * cfg.head_dim)

@@ -6,6 +6,7 @@ Structure follows BAGEL (``Bagel`` + ``Qwen2MoTModel``), written afresh for ``Pa
                                                               +--> (L, D) --> MoT layers --> per-expert
     images -> codec -> clean latents -> z_t (noised copies)   |       final norm --> lm_head at ce_indexes
               -> vae2llm + timestep emb + 2-D sincos pos -----+                  --> llm2vae at noised latents
+    (cfg.vit: images -> ViT -> connector + 2-D sincos, :meth:`embed_vit`; not yet placed in packs)
 
 Pieces inference needs are public: :meth:`ProcPaintModel.embed_text`, :meth:`embed_latents`,
 :meth:`embed`, :meth:`prepare` (routing + mask), :meth:`forward_hidden` (with optional per-layer
@@ -17,7 +18,9 @@ N(0, init_std), o and down N(0, init_std / sqrt(2 * num_layers)); q/k biases 0; 
 ``vae2llm`` N(0, 1 / sqrt(latent_dim)) so that unit-variance latents embed at unit scale, like the
 2-D sin-cos position added to them; timestep MLP N(0, 0.02) (DiT); ``llm2vae`` zero, so the
 predicted velocity (or, with ``prediction="clean"``, the predicted clean latent: the data mean) is
-exactly 0 at init.
+exactly 0 at init. With ``cfg.vit``: the ViT's linear weights and the connector N(0, init_std),
+biases 0, its position table N(0, 1 / sqrt(width)), LayerNorms 1 / 0 (pretrained weights replace
+them: ``procpaint.model.bagel_io``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from procpaint.model.codecs import LatentCodec, build_codec
 from procpaint.model.config import ModelConfig
 from procpaint.model.embeddings import RotaryEmbedding, TimestepEmbedder, sincos_2d
 from procpaint.model.layers import KVCache, LayerInputs, MoTDecoderLayer, RMSNorm, Routing
+from procpaint.model.vit import Connector, GridPosEmbed, VisionEncoder
 from procpaint.sequence.types import PackedBatch
 
 
@@ -70,6 +74,12 @@ class ProcPaintModel(nn.Module):
         self.norm_gen = RMSNorm(d, cfg.rms_norm_eps) if cfg.mot else None
         self.output = None if cfg.tie_word_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         self.llm2vae = nn.Linear(d, cfg.latent_dim)
+        if cfg.vit:                                    # the understanding path for images (model/vit.py)
+            self.vit = VisionEncoder(cfg)
+            self.connector = Connector(cfg.vit_hidden_size, d)
+            self.vit_pos_embed = GridPosEmbed(d, cfg.vit_max_patches_per_side, cfg.sincos_order)
+        else:
+            self.vit = self.connector = self.vit_pos_embed = None
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------- init
@@ -90,6 +100,9 @@ class ProcPaintModel(nn.Module):
                 norm.reset_parameters()
         nn.init.zeros_(self.llm2vae.weight)
         nn.init.zeros_(self.llm2vae.bias)
+        if self.vit is not None:
+            self.vit.reset_parameters(cfg.init_std)
+            self.connector.reset_parameters(cfg.init_std)
 
     init_weights = reset_parameters
 
@@ -115,6 +128,15 @@ class ProcPaintModel(nn.Module):
         if time_index is not None:
             temb = temb.index_select(0, time_index)
         return self.vae2llm(z.to(dtype)) + temb + pos
+
+    def embed_vit(self, patches: torch.Tensor, position_ids: torch.Tensor,
+                  seqlens: list[int] | torch.Tensor) -> torch.Tensor:
+        """ViT patches (N, p*p*3) of ``seqlens`` images, grid ids (N,) -> understanding tokens (N, D):
+        encoder -> connector + ``vit_pos_embed`` (BAGEL's understanding path; ``cfg.vit``)."""
+        if self.vit is None:
+            raise ValueError("the model has no ViT path (model.vit=False)")
+        x = self.connector(self.vit(patches, position_ids, seqlens))                # (N, D)
+        return x + self.vit_pos_embed(position_ids).to(x.dtype)
 
     def embed(self, text_emb: torch.Tensor, text_indexes: torch.Tensor, latent_emb: torch.Tensor,
               latent_indexes: torch.Tensor, seq_len: int) -> torch.Tensor:

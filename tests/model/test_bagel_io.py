@@ -199,12 +199,15 @@ def test_build_model_init_from(bagel_dir):
 
 
 def test_bagel_7b_key_count_on_meta():
-    """The real model's layout: 28 MoT layers x 2 experts x 14 tensors + embeddings, heads and glue."""
+    """The real model's layout: 28 MoT layers x 2 experts x 14 tensors + embeddings, heads and glue;
+    SigLIP's 26 layers x 16 tensors + embeddings, post-norm, connector and its sin-cos table."""
     cfg = model_config("bagel-7b")
     model = build_model(cfg, device="meta")
     keys = to_bagel_state_dict(model).keys()
-    assert len(keys) == 28 * 2 * 14 + 4 + 8 + 1
+    assert len(keys) == 28 * 2 * 14 + 4 + 8 + 1 + 26 * 16 + 3 + 2 + 4 + 1
     assert "language_model.model.layers.27.self_attn.q_proj_moe_gen.bias" in keys
+    assert "vit_model.vision_model.encoder.layers.25.mlp.fc2.bias" in keys
+    assert "vit_model.vision_model.encoder.layers.26.mlp.fc2.bias" not in keys   # BAGEL drops it
 
 
 def test_vocabulary_follows_the_tokenizer(bagel_dir, caplog):

@@ -62,7 +62,7 @@ def test_bagel_7b_estimate_adds_up():
     cfg = model_config("bagel-7b", vocab_size=152_064)
     e = est.estimate(cfg, gpus=8, tokens=33_000)
     p = expected_num_parameters(cfg)
-    assert e.params == p and 14e9 < p < 14.5e9                  # two Qwen2-7B experts + shared embeddings
+    assert e.params == p and 14.4e9 < p < 14.8e9     # two Qwen2-7B experts + shared embeddings + SigLIP
     assert e.weights_gb + e.grads_gb + e.adam_gb + e.ema_gb == pytest.approx(20 * p / 8 / 1e9)
     # why the recipe checkpoints activations
     assert e.total(checkpointing=True) < 0.9 * 80 < e.total(checkpointing=False)

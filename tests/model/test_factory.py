@@ -15,7 +15,7 @@ from procpaint.model import (
     model_config,
     num_parameters,
 )
-from procpaint.model.factory import expert_layer_parameters
+from procpaint.model.factory import expert_layer_parameters, vit_parameters
 
 QWEN2_7B_PARAMS = 7_615_616_512        # Qwen2-7B's published parameter count
 
@@ -35,10 +35,12 @@ def test_bagel_7b_on_meta_device():
     assert all(p.is_meta for p in model.parameters())
     n = num_parameters(model)
     assert n == expected_num_parameters(cfg)
-    # MoT duplicates every per-layer weight of Qwen2-7B: ~7.6B + ~6.5B = ~14.2B (BAGEL's "14B total").
+    # MoT duplicates every per-layer weight of Qwen2-7B: ~7.6B + ~6.5B = ~14.2B (BAGEL's "14B total"),
+    # plus the SigLIP understanding path (~0.42B with its connector).
+    n -= vit_parameters(cfg)
     assert 14.0e9 < n < 14.3e9
     # Dense variant minus what BAGEL adds to Qwen2 (latent in/out, timestep MLP, q/k norms) is Qwen2-7B.
-    dense = dataclasses.replace(cfg, mot=False)
+    dense = dataclasses.replace(cfg, mot=False, vit=False)
     d, dl, fd = cfg.hidden_size, cfg.latent_dim, cfg.timestep_freq_dim
     added = (dl * d + d) + (d * dl + dl) + (fd * d + d) + (d * d + d) + cfg.num_layers * 2 * cfg.head_dim
     assert expected_num_parameters(dense) - added == QWEN2_7B_PARAMS

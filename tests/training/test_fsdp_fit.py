@@ -22,7 +22,8 @@ from procpaint.model.bagel_io import export_bagel, read_bagel_weights
 ROOT = Path(__file__).resolve().parents[2]
 SHRINK = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
               timestep_freq_dim=64, codec="pixel", latent_channels=3, latent_downsample=1, patch_size=4,
-              attn_backend="sdpa")     # FlexAttention has no CPU backward
+              attn_backend="sdpa",     # FlexAttention has no CPU backward
+              vit=False)               # the ViT path is not in packs yet (docs/ARCHITECTURE.md)
 
 
 def _free_port() -> int:
