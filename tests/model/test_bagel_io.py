@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from procpaint.model import build_model, model_config
 from procpaint.model.bagel_io import (
+    UND_PREFIXES,
+    VIT_POS_KEY,
     BagelFormatError,
     export_bagel,
     load_bagel,
@@ -253,3 +255,109 @@ def test_qwen2_tokenizer_gets_procpaint_specials(tmp_path):
     assert text.decode(ids[1:-1]) == "a red circle"
     with pytest.raises(BagelFormatError, match="no tokenizer.json"):
         bagel_tokenizer(tmp_path)
+
+
+# ------------------------------------------------------------------ with the ViT understanding path
+VW, VL, VH, VF, VP, VS = 24, 2, 2, 40, 14, 3     # a tiny SigLIP: width, layers, heads, MLP, patch, side
+VIT_CONFIG = dict(model_type="siglip_vision_model", hidden_size=VW, intermediate_size=VF,
+                  num_attention_heads=VH, num_hidden_layers=VL + 1, patch_size=VP, image_size=VP * VS,
+                  hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)   # BAGEL builds one layer fewer
+
+
+def vit_cfg(**kw):
+    vit = dict(vit=True, vit_hidden_size=VW, vit_num_layers=VL, vit_num_heads=VH, vit_intermediate_size=VF,
+               vit_patch_size=VP, vit_max_patches_per_side=VS)
+    return tiny_cfg(**{**vit, **kw})
+
+
+def vit_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor of BAGEL's understanding path: SigLIP (NaViT, patch embedding flattened by
+    ``convert_conv2d_to_linear``, no pooling head), the MLP connector and the fixed ``vit_pos_embed``."""
+    v = "vit_model.vision_model."
+    s = {v + "embeddings.patch_embedding.weight": (VW, VP * VP * 3),
+         v + "embeddings.patch_embedding.bias": (VW,),
+         v + "embeddings.position_embedding.weight": (VS * VS, VW),
+         v + "post_layernorm.weight": (VW,), v + "post_layernorm.bias": (VW,)}
+    for i in range(VL):
+        p = f"{v}encoder.layers.{i}."
+        for norm in ("layer_norm1", "layer_norm2"):
+            s[f"{p}{norm}.weight"] = s[f"{p}{norm}.bias"] = (VW,)
+        for proj in ("q", "k", "v", "out"):
+            s[f"{p}self_attn.{proj}_proj.weight"], s[f"{p}self_attn.{proj}_proj.bias"] = (VW, VW), (VW,)
+        s[f"{p}mlp.fc1.weight"], s[f"{p}mlp.fc1.bias"] = (VF, VW), (VF,)
+        s[f"{p}mlp.fc2.weight"], s[f"{p}mlp.fc2.bias"] = (VW, VF), (VW,)
+    return s | {"connector.fc1.weight": (D, VW), "connector.fc1.bias": (D,), "connector.fc2.weight": (D, D),
+                "connector.fc2.bias": (D,)}
+
+
+@pytest.fixture
+def bagel_vit_dir(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    shapes = {k: v for k, v in bagel_shapes().items() if not k.startswith(UND_PREFIXES)} | vit_shapes()
+    sd = {k: torch.randn(shape, generator=g) for k, shape in shapes.items()}
+    sd["latent_pos_embed.pos_embed"] = torch.from_numpy(mae_table(D, MAXLAT))
+    sd[VIT_POS_KEY] = torch.from_numpy(mae_table(D, VS))
+    d = tmp_path / "bagel_vit"
+    d.mkdir()
+    save_file(sd, str(d / "ema.safetensors"))
+    (d / "llm_config.json").write_text(json.dumps(llm_config()))
+    (d / "vit_config.json").write_text(json.dumps(VIT_CONFIG))
+    return d, sd
+
+
+def test_vit_checkpoint_loads_every_key_and_round_trips_bit_exactly(bagel_vit_dir, tmp_path, caplog):
+    d, sd = bagel_vit_dir
+    model = build_model(vit_cfg())
+    load_bagel(model, d)
+    assert "understanding-path" not in caplog.text                     # nothing skipped
+    p = "vit_model.vision_model.encoder.layers.1.self_attn."
+    assert torch.equal(model.vit.layers[1].qkv.weight, torch.cat([sd[f"{p}{x}_proj.weight"] for x in "qkv"]))
+    assert torch.equal(model.vit.layers[1].out.bias, sd[f"{p}out_proj.bias"])
+    patch = sd["vit_model.vision_model.embeddings.patch_embedding.weight"]
+    assert torch.equal(model.vit.patch_embed.weight, patch)
+    assert torch.equal(model.connector.fc1.weight, sd["connector.fc1.weight"])
+
+    out = export_bagel(model, tmp_path / "out")                         # no template: all from the model
+    back = load_file(str(out / "ema.safetensors"))
+    assert back.keys() == sd.keys()                                     # zero missing, zero unexpected
+    assert all(torch.equal(back[k], sd[k]) for k in sd)                 # bit-exact, both sin-cos tables too
+    written = json.loads((out / "vit_config.json").read_text())
+    assert {k: written[k] for k in VIT_CONFIG} == VIT_CONFIG            # what BAGEL's loader reads
+    again = build_model(vit_cfg())
+    load_bagel(again, out)
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    with torch.no_grad():                                               # fine-tuned ViT weights win over
+        model.vit.post_norm.weight.add_(1.0)                            # the template's
+    out2 = export_bagel(model, tmp_path / "out2", template=d)
+    back = load_file(str(out2 / "ema.safetensors"))
+    assert back.keys() == sd.keys()
+    assert torch.equal(back["vit_model.vision_model.post_layernorm.weight"], model.vit.post_norm.weight)
+    assert (out2 / "vit_config.json").read_text() == (d / "vit_config.json").read_text()
+
+
+def test_vit_conv_patch_embedding_is_flattened(bagel_vit_dir):
+    _, sd = bagel_vit_dir
+    key = "vit_model.vision_model.embeddings.patch_embedding.weight"
+    conv = sd[key].view(VW, VP, VP, 3).permute(0, 3, 1, 2).contiguous()   # SigLIP's Conv2d (W, 3, p, p)
+    model = build_model(vit_cfg())
+    load_bagel_state_dict(model, sd | {key: conv})
+    assert torch.equal(model.vit.patch_embed.weight, sd[key])
+
+
+def test_vit_mismatches_are_clear_errors(bagel_vit_dir, caplog):
+    d, sd = bagel_vit_dir
+    model = build_model(vit_cfg())
+    msg = _err(model, {k: v for k, v in sd.items() if not k.startswith("connector.")})
+    assert "4 missing key(s): connector.fc1.bias, connector.fc1.weight" in msg
+    msg = _err(model, sd | {VIT_POS_KEY: torch.zeros(VS * VS, D)})
+    assert f"{VIT_POS_KEY} differs from the model's 2-D sin-cos table" in msg
+    msg = _err(build_model(vit_cfg(vit_max_patches_per_side=4)), sd)
+    assert f"position_embedding.weight ({VS * VS}, {VW}) vs model (16, {VW})" in msg
+    (d / "vit_config.json").write_text(json.dumps(VIT_CONFIG | {"num_hidden_layers": VL}))
+    with pytest.raises(BagelFormatError, match="model.vit_num_layers=2 vs num_hidden_layers=2 .BAGEL runs"):
+        load_bagel(build_model(vit_cfg()), d)
+    # A model without the ViT path takes the LLM and glue, and reports the ViT tensors it skipped.
+    load_bagel(build_model(tiny_cfg()), d)
+    assert f"{len(vit_shapes()) + 1} understanding-path tensors" in caplog.text
