@@ -3,7 +3,9 @@
     <outdir>/evaluation_metadata.jsonl     every prompt's metadata, one JSON object a line
     <outdir>/<00000>/metadata.jsonl        that prompt's metadata (one line, GenEval's layout)
     <outdir>/<00000>/samples/<0000>.png    its images
-    <outdir>/<00000>/trajectories.jsonl    procpaint extra: per image cost and end reason
+    <outdir>/<00000>/trajectories.jsonl    procpaint extra: per image cost, end reason, stage texts
+    <outdir>/<00000>/stages/<0000>_<01>_<kind>.png   procpaint extra, opt-in (keep_stages): every
+                                           image stage of image <0000>'s trajectory (stage index, kind)
     <outdir>/results.jsonl                 one line per image, GenEval's fields: filename, tag,
                                            prompt, correct, reason, metadata (a JSON string),
                                            details (a JSON string: boxes per class)
@@ -69,6 +71,11 @@ def prompt_dir(outdir: Path, index: int) -> Path:
 
 def sample_path(outdir: Path, index: int, k: int) -> Path:
     return prompt_dir(outdir, index) / "samples" / f"{k:04d}.png"
+
+
+def stage_path(outdir: Path, index: int, k: int, stage: int, kind: str) -> Path:
+    """Where image ``k`` of prompt ``index`` keeps the image of its stage number ``stage``."""
+    return prompt_dir(outdir, index) / "stages" / f"{k:04d}_{stage:02d}_{kind}.png"
 
 
 def write_prompt(outdir: Path, index: int, metadata: dict) -> None:

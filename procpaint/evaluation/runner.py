@@ -24,9 +24,11 @@ from .layout import (
     append_jsonl,
     iter_samples,
     missing_prompts,
+    prompt_dir,
     read_costs,
     read_image,
     sample_path,
+    stage_path,
     write_jsonl,
     write_prompt,
 )
@@ -189,16 +191,7 @@ def score_dir(outdir: Path, metadata: list[dict], *, limit: int | None = None,
                         "reason": why, "metadata": json.dumps(meta), "details": json.dumps(details)})
         return out
 
-    step = 16
-    chunks = [(samples[s: s + step],) for s in range(0, len(samples), step)]
-    workers = max(1, min(int(workers), len(chunks)))
-    parts: list[list[dict]] = [[] for _ in chunks]
-    results = _forked(score, chunks, workers) if workers > 1 else ((i, score(*c)) for i, c in enumerate(chunks))
-    for i, rows_i in results:
-        parts[i] = rows_i
-        bar.update(len(rows_i))
-    bar.close()
-    rows = [r for part in parts for r in part]
+    rows = map_chunks(score, samples, workers, bar)
     write_jsonl(outdir / results_name, rows)
     missing = missing_prompts(outdir, metadata, limit)
     if missing:
@@ -208,7 +201,7 @@ def score_dir(outdir: Path, metadata: list[dict], *, limit: int | None = None,
 
 def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, images_per_prompt: int = 4,
                  batch_size: int = 4, limit: int | None = None, show_progress: bool = True,
-                 workers: int = 1) -> dict:
+                 workers: int = 1, keep_stages: bool = False) -> dict:
     """Generate missing images into GenEval's layout; existing images are kept (resume).
 
     ``config`` is a :class:`procpaint.inference.types.GenerationConfig`; image ``k`` of a batch
@@ -220,6 +213,11 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
     the cores better than threads inside each small op). Batches and seeds are the same as with one
     worker, so the images are too, up to the float rounding of a different thread count. A worker
     that dies raises here (BrokenProcessPool); samples already written stay.
+
+    ``keep_stages`` also writes every image stage of a trajectory
+    (:func:`~procpaint.evaluation.layout.stage_path`) and records its path, relative to the prompt
+    folder, as ``image`` in that stage of the trajectories.jsonl record (what
+    :mod:`procpaint.evaluation.diagnostics` reads); samples kept from an earlier run keep their records.
     Returns {"generated": n, "skipped": n}.
     """
     outdir = Path(outdir)
@@ -237,10 +235,11 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
     workers = max(1, min(int(workers), len(batches)))
     if workers == 1:
         for k, batch in batches:
-            stats["generated"] += _generate_batch(generator, meta, outdir, config, k, batch)
+            stats["generated"] += _generate_batch(generator, meta, outdir, config, k, batch, keep_stages)
             bar.update(len(batch))
     else:
-        run = lambda k, batch: _generate_batch(generator, meta, outdir, config, k, batch)  # noqa: E731
+        run = lambda k, batch: _generate_batch(generator, meta, outdir, config, k, batch,  # noqa: E731
+                                               keep_stages)
         for _, n in _forked(run, batches, workers):
             stats["generated"] += n
             bar.update(n)
@@ -248,7 +247,8 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
     return stats
 
 
-def _generate_batch(generator, meta: list[dict], outdir: Path, config, k: int, batch: list[int]) -> int:
+def _generate_batch(generator, meta: list[dict], outdir: Path, config, k: int, batch: list[int],
+                    keep_stages: bool = False) -> int:
     """Generate and write one batch of prompts (sample ``k``); returns the number written."""
     cfg = replace(config, seed=config.seed + 1_000_003 * k + batch[0])
     results = generator.generate([meta[i]["prompt"] for i in batch], cfg)
@@ -260,14 +260,35 @@ def _generate_batch(generator, meta: list[dict], outdir: Path, config, k: int, b
         img = res.final_image
         if img is None:                         # nothing drawn: an empty canvas, scored as such
             img = np.full((size, size, 3), BACKGROUND, np.uint8)
-        append_jsonl(outdir / f"{i:05d}" / "trajectories.jsonl", {
+        stages = [{"kind": s.kind, "text": s.text} for s in res.stages]
+        if keep_stages:
+            for j, (s, rec) in enumerate(zip(res.stages, stages)):
+                rec["image"] = None
+                if s.image is not None:
+                    path = write_image(stage_path(outdir, i, k, j, s.kind), s.image)
+                    rec["image"] = str(path.relative_to(prompt_dir(outdir, i)))
+        append_jsonl(prompt_dir(outdir, i) / "trajectories.jsonl", {
             "sample": k, "seed": cfg.seed, "mode": res.mode, "end_reason": res.end_reason,
             "forward_passes": int(res.forward_passes), "seconds": float(res.seconds),
             "images": sum(s.image is not None for s in res.stages),
-            "drew_image": res.final_image is not None,
-            "stages": [{"kind": s.kind, "text": s.text} for s in res.stages]})
+            "drew_image": res.final_image is not None, "stages": stages})
         write_image(sample_path(outdir, i, k), img)   # last: its presence marks the sample done
     return len(batch)
+
+
+def map_chunks(fn: Callable[[list], list], items: list, workers: int, bar, step: int = 16) -> list:
+    """``fn`` over chunks of ``step`` items, in ``workers`` forked processes when more than one
+    (:func:`_forked`); the results flattened in the items' order. ``bar`` advances per finished chunk
+    and is closed at the end."""
+    chunks = [(items[s: s + step],) for s in range(0, len(items), step)]
+    workers = max(1, min(int(workers), len(chunks)))
+    parts: list[list] = [[] for _ in chunks]
+    done = _forked(fn, chunks, workers) if workers > 1 else ((i, fn(*c)) for i, c in enumerate(chunks))
+    for i, part in done:
+        parts[i] = part
+        bar.update(len(part))
+    bar.close()
+    return [r for part in parts for r in part]
 
 
 _FORKED: Callable | None = None        # the task function forked workers inherit (never pickled)
