@@ -7,11 +7,15 @@
     python train/evaluate.py --score DIR --metadata FILE      # score images in GenEval's layout
     python train/evaluate.py --write-metadata geneval|knowledge --out FILE   # the prompt sets
     python train/evaluate.py --tables DIR                       # rebuild summary.* from scored folders
+    python train/evaluate.py --ckpt ... --diagnostics           # + process diagnostics (keeps stages)
 
 Generation writes ``<out>/<run>/<mode>/<benchmark>/<00000>/samples/<0000>.png`` (GenEval's layout;
 existing images are kept, so an interrupted run resumes), then ``results.jsonl`` beside them and
 ``<out>/summary.json`` + ``<out>/summary.md`` with the paper-style tables for every row found under
-``<out>``. Exit status 2 on bad arguments or paths, with a message naming them.
+``<out>``. ``--keep-stages`` also keeps every stage image (``<00000>/stages/``); ``--diagnostics``
+keeps them in the modes that plan (process, planner) and writes ``diagnostics.json``,
+``diagnostics.md`` and ``accuracy_by_round.png`` in those folders (procpaint.evaluation.diagnostics),
+plus a section of summary.md. Exit status 2 on bad arguments or paths, with a message naming them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ if str(ROOT) not in sys.path:          # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 MODES = ("process", "single-pass", "planner")
+DIAGNOSED_MODES = ("process", "planner")       # the modes that write plans: --diagnostics
 BENCHMARKS = ("geneval", "knowledge")
 
 
@@ -89,15 +94,17 @@ def check_vocabulary(name: str, generator, bench: str, meta: list[dict]) -> None
 
 def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS, modes=MODES,
              images_per_prompt: int = 4, limit: int | None = None, batch_size: int = 16, seed: int = 0,
-             workers: int = 1,
-             sampling=None, show_progress: bool = True) -> list[dict]:
+             workers: int = 1, sampling=None, show_progress: bool = True, keep_stages: bool = False,
+             diagnostics: bool = False) -> list[dict]:
     """Generate + score every (run, mode, benchmark); ``runs`` holds (name, generator) pairs.
 
     ``sampling``: parsed sampling flags (procpaint.inference.options); unset ones come from each
-    checkpoint's training config.
+    checkpoint's training config. ``keep_stages``: keep every stage image; ``diagnostics``: keep
+    them in :data:`DIAGNOSED_MODES` and write the process diagnostics of those folders.
 
     The generator objects are injected (tests pass fakes); returns the summary rows.
     """
+    from procpaint.evaluation import diagnostics as diag
     from procpaint.evaluation import runner, tables
     from procpaint.evaluation.layout import stratified
     from procpaint.inference.options import generation_config
@@ -112,21 +119,26 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
                 cfg = generation_config(sampling, getattr(generator, "sampling", None), mode=mode, seed=seed)
             except ValueError as exc:
                 raise UsageError(str(exc)) from exc
+            diagnose = diagnostics and mode in DIAGNOSED_MODES
             for bench, meta in metas.items():
                 folder = Path(out) / name / mode / bench
                 stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
                                             batch_size=batch_size, show_progress=show_progress,
-                                            workers=workers)
+                                            workers=workers, keep_stages=keep_stages or diagnose)
                 print(f"{name}/{mode}/{bench}: generated {stats['generated']}, kept {stats['skipped']}",
                       file=sys.stderr)
                 runner.score_dir(folder, meta, show_progress=show_progress, workers=workers)
+                if diagnose:
+                    diag.write(folder, diag.diagnose(folder, meta, workers=workers,
+                                                     show_progress=show_progress))
     rows = tables.collect(out)
     tables.write_summary(out, rows)
     return rows
 
 
 def score(folder: Path, metadata_file: Path, limit: int | None, show_progress: bool,
-          workers: int = 1) -> dict:
+          workers: int = 1, diagnostics: bool = False) -> dict:
+    from procpaint.evaluation import diagnostics as diag
     from procpaint.evaluation import layout, runner, tables
 
     if not Path(folder).is_dir():
@@ -150,6 +162,14 @@ def score(folder: Path, metadata_file: Path, limit: int | None, show_progress: b
     summary = runner.summarize(bench, results)
     row = {"run": Path(folder).name, "mode": "-", "benchmark": bench, "scores": summary, "cost": {},
            "folder": str(folder)}
+    if diagnostics:                                # the folder's trajectories must have kept their stages
+        try:
+            found = diag.diagnose(folder, meta[:limit] if limit else meta, workers=workers,
+                                  show_progress=show_progress)
+        except FileNotFoundError as exc:
+            raise UsageError(f"--diagnostics: {exc}") from exc
+        diag.write(folder, found)
+        row["diagnostics"] = diag.headline(found)
     tables.write_summary(folder, [row], {"metadata": str(metadata_file)})
     return summary
 
@@ -173,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-metadata", choices=BENCHMARKS, help="write a benchmark's prompt set to --out")
     ap.add_argument("--tables", type=Path, help="rebuild summary.json/md from scored folders under DIR")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--keep-stages", action="store_true",
+                    help="also write every stage image of a trajectory (<00000>/stages/)")
+    ap.add_argument("--diagnostics", action="store_true",
+                    help="process diagnostics (plan, draft, critique, refine, accuracy by round) of the "
+                         "process and planner folders; keeps their stages")
     from procpaint.inference.options import add_sampling_args
 
     add_sampling_args(ap)
@@ -206,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.score is not None:
             if args.metadata is None:
                 raise UsageError("--score DIR needs --metadata FILE (evaluation_metadata.jsonl)")
-            summary = score(args.score, args.metadata, args.limit, show, workers)
+            summary = score(args.score, args.metadata, args.limit, show, workers, args.diagnostics)
             print((args.score / "summary.md").read_text())
             print(f"overall {summary['overall']:.4f}")
             return 0
@@ -221,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                         modes=MODES if args.mode == "all" else (args.mode,),
                         images_per_prompt=args.images_per_prompt, limit=args.limit,
                         batch_size=args.batch_size, seed=args.seed, sampling=args, show_progress=show,
-                        workers=workers)
+                        workers=workers, keep_stages=args.keep_stages, diagnostics=args.diagnostics)
         from procpaint.evaluation.tables import markdown
         print(markdown(rows))
         return 0

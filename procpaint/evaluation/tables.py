@@ -7,7 +7,8 @@ An evaluation directory holds one folder per (run, mode, benchmark), each scored
 
 :func:`collect` finds them all, :func:`write_summary` writes the combined tables: GenEval per tag
 (the paper's Table 1 columns), knowledge per category (WISE's columns), and inference cost per
-prompt (forward passes, wall seconds, images per trajectory).
+prompt (forward passes, wall seconds, images per trajectory), and the process diagnostics of folders that
+have a ``diagnostics.json`` (:mod:`procpaint.evaluation.diagnostics`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ def row(run: str, mode: str, benchmark: str, folder: Path) -> dict:
     results = load_results(folder / "results.jsonl")
     meta = folder / "evaluation_metadata.jsonl"
     n = len(read_jsonl(meta)) if meta.is_file() else 0
-    return {"run": run, "mode": mode, "benchmark": benchmark, "scores": summarize(benchmark, results),
-            "cost": cost_summary(folder, n) if n else {}, "folder": str(folder)}
+    out = {"run": run, "mode": mode, "benchmark": benchmark, "scores": summarize(benchmark, results),
+           "cost": cost_summary(folder, n) if n else {}, "folder": str(folder)}
+    diag = folder / "diagnostics.json"
+    if diag.is_file():
+        from .diagnostics import headline
+
+        out["diagnostics"] = headline(json.loads(diag.read_text()))
+    return out
 
 
 def collect(out: Path) -> list[dict]:
@@ -95,6 +102,9 @@ def markdown(rows: list[dict]) -> str:
             [[r["run"], r["mode"], r["benchmark"], f"{r['cost']['forward_passes']:.1f}",
               f"{r['cost']['seconds']:.3f}", f"{r['cost']['images']:.2f}", str(r["cost"]["no_image"])]
              for r in cost]))
+    from .diagnostics import section
+
+    parts += [section(rows)] if any(r.get("diagnostics") for r in rows) else []
     return "\n\n".join(parts) + "\n"
 
 

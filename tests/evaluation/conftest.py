@@ -15,6 +15,6 @@ def oracle_image(meta: dict, seed: int, renderer: Renderer | None = None) -> np.
     return (renderer or Renderer(32)).paint(state, seed)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")           # a pure function: module-scoped fixtures may use it
 def oracle():
     return oracle_image
