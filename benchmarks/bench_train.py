@@ -22,7 +22,7 @@ from dataclasses import asdict
 
 import torch
 
-from procpaint.datasets import DataConfig, TrajectoryDataset, build_dataset
+from procpaint.datasets import BuildConfig, TrajectoryDataset, build_dataset
 from procpaint.model import build_model, model_config
 from procpaint.sequence.packing import Packer
 from procpaint.sequence.tokenizer import TextTokenizer
@@ -101,7 +101,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     root = tempfile.mkdtemp(prefix="bench_train_")
-    build_dataset(root, cfg=DataConfig(image_size=32, multiturn=args.samples // 2, conflict=args.samples // 4,
+    build_dataset(root, cfg=BuildConfig(image_size=32, multiturn=args.samples // 2, conflict=args.samples // 4,
                                        alignment=args.samples // 4), progress=False)
     tok = TextTokenizer(f"{root}/tokenizer.json")
     mc = model_config(args.preset, vocab_size=tok.vocab_size, patch_size=4)

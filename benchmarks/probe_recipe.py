@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gen", action="append", default=[], metavar="KEY=VALUE",
                     help="GenerationConfig field for scoring, e.g. cfg_text_scale=3 (float values)")
     ap.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
-                    help="procedural-data knob (procpaint.datasets.DataConfig), e.g. layout=canonical")
+                    help="procedural-data knob (procpaint.datasets.BuildConfig), e.g. layout=canonical")
     ap.add_argument("--out", default="probes")
     ap.add_argument("--out-json", default=None)
     ap.add_argument("overrides", nargs="*")

@@ -1,6 +1,6 @@
 """Data-construction settings: sizes and ratios of the three subsets, world settings, components.
 
-``PRESETS["paper"]`` has the paper's subset sizes (32,012 multi-turn; 15,201 conflict with 6,905
+``BUILD_PRESETS["paper"]`` has the paper's subset sizes (32,012 multi-turn; 15,201 conflict with 6,905
 positive; 15,000 alignment with 5,000 positive); ``default`` is small enough for a CPU minute.
 """
 
@@ -19,7 +19,7 @@ SELF_KEYS = ("self_rounds", "self_temperature", "self_attempts", "self_batch")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class BuildConfig:
     seed: int = 0
     image_size: int = 32                     # px; the renderer's grid is 3x3 cells
     multiturn: int = 600                     # samples per subset
@@ -52,29 +52,29 @@ class DataConfig:
                   "heldout_fraction", "verify_images"):
             v = getattr(self, k)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"DataConfig.{k} must be in [0, 1], got {v}")
+                raise ValueError(f"BuildConfig.{k} must be in [0, 1], got {v}")
         for k in ("multiturn", "conflict", "alignment"):
             if getattr(self, k) < 0:
-                raise ValueError(f"DataConfig.{k} must be >= 0, got {getattr(self, k)}")
+                raise ValueError(f"BuildConfig.{k} must be >= 0, got {getattr(self, k)}")
         if not 1 <= self.max_images <= 9:
-            raise ValueError(f"DataConfig.max_images must be in [1, 9], got {self.max_images}")
+            raise ValueError(f"BuildConfig.max_images must be in [1, 9], got {self.max_images}")
         from ..world.scene import LAYOUTS
 
         if self.layout not in LAYOUTS:
-            raise ValueError(f"DataConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
+            raise ValueError(f"BuildConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.shard_size < 1:
-            raise ValueError(f"DataConfig.shard_size must be >= 1, got {self.shard_size}")
+            raise ValueError(f"BuildConfig.shard_size must be >= 1, got {self.shard_size}")
         unknown = set(self.tag_weights) - set(TAGS)
         if unknown or not any(v > 0 for v in self.tag_weights.values()):
-            raise ValueError(f"DataConfig.tag_weights: unknown tags {sorted(unknown)} or no positive weight; "
+            raise ValueError(f"BuildConfig.tag_weights: unknown tags {sorted(unknown)} or no positive weight; "
                              f"known tags {TAGS}")
         if not 1 <= self.self_rounds <= 9 or self.self_attempts < 1 or self.self_batch < 1:
-            raise ValueError(f"DataConfig.self_rounds must be in [1, 9], self_attempts and self_batch >= 1; "
+            raise ValueError(f"BuildConfig.self_rounds must be in [1, 9], self_attempts and self_batch >= 1; "
                              f"got {self.self_rounds}, {self.self_attempts}, {self.self_batch}")
         if self.self_temperature < 0:
-            raise ValueError(f"DataConfig.self_temperature must be >= 0, got {self.self_temperature}")
+            raise ValueError(f"BuildConfig.self_temperature must be >= 0, got {self.self_temperature}")
         if self.conflict_source not in ("symbolic", "self"):
-            raise ValueError(f"DataConfig.conflict_source must be 'symbolic' or 'self', "
+            raise ValueError(f"BuildConfig.conflict_source must be 'symbolic' or 'self', "
                              f"got {self.conflict_source!r}")
 
     def size(self, subset: str) -> int:
@@ -84,16 +84,16 @@ class DataConfig:
         return asdict(self)
 
 
-PRESETS = {
-    "default": DataConfig(),
-    "tiny": DataConfig(multiturn=24, conflict=12, alignment=12, shard_size=10),
+BUILD_PRESETS = {
+    "default": BuildConfig(),
+    "tiny": BuildConfig(multiturn=24, conflict=12, alignment=12, shard_size=10),
     # The detector re-check costs ~2 ms per image (the rest of a sample ~2 ms); 10% keeps it cheap.
-    "paper": DataConfig(multiturn=32012, conflict=15201, alignment=15000, conflict_positive=6905 / 15201,
+    "paper": BuildConfig(multiturn=32012, conflict=15201, alignment=15000, conflict_positive=6905 / 15201,
                         alignment_positive=5000 / 15000, verify_images=0.1, shard_size=2000),
 }
 
 
-def preset(name: str, **overrides) -> DataConfig:
-    if name not in PRESETS:
-        raise KeyError(f"unknown data preset {name!r}; known: {sorted(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+def preset(name: str, **overrides) -> BuildConfig:
+    if name not in BUILD_PRESETS:
+        raise KeyError(f"unknown data preset {name!r}; known: {sorted(BUILD_PRESETS)}")
+    return replace(BUILD_PRESETS[name], **overrides)

@@ -25,7 +25,7 @@ from ..world.grammar import OP_NAMES, Add, SetAttr, Swap, plan_text, prompt_text
 from ..world.judge import compare_plan, compare_state
 from ..world.prompts import TAGS, sample_split_prompt
 from ..world.scene import COLORS, INVERSE, SHAPES, SIZES, Obj, Placed, State, realize, relation_holds
-from .config import DataConfig
+from .config import BuildConfig
 
 ERROR_KINDS = ("color", "shape", "size", "missing", "extra", "count", "relation")
 ALL_OBJECTS = tuple(Obj(s, c, z) for s in SHAPES for c in COLORS for z in SIZES)
@@ -128,7 +128,7 @@ def flawed_draft(state: State, rng: random.Random, kinds=ERROR_KINDS):
     return None
 
 
-def draw_tag(cfg: DataConfig, rng: np.random.Generator) -> str:
+def draw_tag(cfg: BuildConfig, rng: np.random.Generator) -> str:
     """A GenEval tag drawn with ``cfg.tag_weights`` (one ``rng.random()``)."""
     tags = [t for t in TAGS if cfg.tag_weights.get(t, 0) > 0]
     w = np.array([cfg.tag_weights[t] for t in tags], float)
@@ -137,7 +137,7 @@ def draw_tag(cfg: DataConfig, rng: np.random.Generator) -> str:
     return tags[int(np.searchsorted(cdf / cdf[-1], rng.random(), side="right"))]
 
 
-def trajectory(cfg: DataConfig, rng: np.random.Generator, prng: random.Random,
+def trajectory(cfg: BuildConfig, rng: np.random.Generator, prng: random.Random,
                refine: bool = True) -> Trajectory:
     tag = draw_tag(cfg, rng)
     spec = sample_split_prompt(rng, tag, cfg.heldout_fraction, heldout=False)

@@ -16,7 +16,7 @@ from ..world.critique_grammar import critique_text
 from ..world.grammar import refine_text
 from ..world.judge import compare_state
 from ..world.registry import build
-from .config import DataConfig
+from .config import BuildConfig
 from .construct import Reject, Round, flawed_draft, op_names, perturb_plan, plan_critique, trajectory
 
 SUBSET_IDS = {"multiturn": 1, "conflict": 2, "alignment": 3}
@@ -26,7 +26,7 @@ MAX_ATTEMPTS = 20
 class Context:
     """Per-process components (painter, judge) built from the config's class paths."""
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: BuildConfig):
         self.cfg = cfg
         self.painter = build(cfg.painter, image_size=cfg.image_size)
         self.judge = build(cfg.judge)

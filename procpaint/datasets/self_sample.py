@@ -1,7 +1,7 @@
 """Self-sampled instruction-intermediate conflict data (the paper's main variant).
 
 The paper samples plans from its multi-turn model and lets GPT judge each against the prompt. Here
-(``DataConfig.conflict_source="self"``, ``build_dataset(..., checkpoint=CKPT)``):
+(``BuildConfig.conflict_source="self"``, ``build_dataset(..., checkpoint=CKPT)``):
 
 1. **Prompts** come from the *training* distribution: the symbolic builder's tag weights and
    ``sample_split_prompt(..., heldout=False)``, seeded per (sample, attempt). Held-out (evaluation)

@@ -39,7 +39,7 @@ from ..sequence.tokenizer import TextTokenizer, build_word_level
 from ..world.grammar import vocabulary
 from ..world.scene import BACKGROUND, COLORS, GRID, SHAPES, SIZES
 from . import self_sample
-from .config import BUILDER_REVISION, FORMAT_VERSION, SELF_KEYS, SUBSETS, DataConfig
+from .config import BUILDER_REVISION, FORMAT_VERSION, SELF_KEYS, SUBSETS, BuildConfig
 from .records import Context, make_record
 
 _CTX: dict = {}
@@ -64,11 +64,11 @@ def png_bytes(img, level: int = PNG_LEVEL) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
-def _self_sampled(cfg: DataConfig, subset: str) -> bool:
+def _self_sampled(cfg: BuildConfig, subset: str) -> bool:
     return subset == "conflict" and cfg.conflict_source == "self"
 
 
-def _subset_state(cfg: DataConfig, subset: str, ckpt_sha: str | None = None) -> dict:
+def _subset_state(cfg: BuildConfig, subset: str, ckpt_sha: str | None = None) -> dict:
     d = cfg.to_dict()
     for other in SUBSETS:
         if other != subset:
@@ -88,7 +88,7 @@ def _build_shard(job) -> dict:
     key = json.dumps(cfg_dict, sort_keys=True)
     if key not in _CTX:
         _CTX.clear()
-        _CTX[key] = Context(DataConfig(**cfg_dict))
+        _CTX[key] = Context(BuildConfig(**cfg_dict))
     ctx, out = _CTX[key], Path(out)
     st = {"samples": 0, "images": 0, "images_max": 0, "positive": 0, "negative": 0, "rejected": 0,
           "tags": Counter(), "ops": Counter(), "errors": Counter()}
@@ -234,7 +234,7 @@ def _worker_init() -> None:
         os._exit(1)
 
 
-def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = None, *, workers: int = 1,
+def build_dataset(out: str | Path, subsets=SUBSETS, cfg: BuildConfig | None = None, *, workers: int = 1,
                   progress: bool = True, checkpoint: str | None = None, device: str = "cpu",
                   overwrite: bool = False) -> dict:
     """Build (or resume) ``subsets`` into ``out`` and return the manifest written last.
@@ -247,7 +247,7 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
     self-sampled conflict data (``conflict_source="self"``, sampled on ``device``; see self_sample.py).
     Training calls this to create the default dataset in a cache directory when it is missing.
     """
-    cfg = cfg or DataConfig()
+    cfg = cfg or BuildConfig()
     if subsets in ("all", None):
         subsets = SUBSETS
     subsets = (subsets,) if isinstance(subsets, str) else tuple(subsets)
@@ -260,7 +260,7 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
             cfg = replace(cfg, conflict_source="self")        # a checkpoint means self-sampling
         if cfg.conflict_source == "self":
             if checkpoint is None:
-                raise ValueError("DataConfig.conflict_source='self' needs a multi-turn checkpoint "
+                raise ValueError("BuildConfig.conflict_source='self' needs a multi-turn checkpoint "
                                  "(build_dataset(..., checkpoint=CKPT) / data/build.py --checkpoint CKPT)")
             ckpt_sha = self_sample.checkpoint_digest(checkpoint)
             sampler = (str(checkpoint), str(device))
@@ -270,7 +270,7 @@ def build_dataset(out: str | Path, subsets=SUBSETS, cfg: DataConfig | None = Non
         return _build_locked(out, subsets, cfg, workers, progress, sampler, ckpt_sha, overwrite)
 
 
-def _build_locked(out: Path, subsets, cfg: DataConfig, workers: int, progress: bool, sampler, ckpt_sha,
+def _build_locked(out: Path, subsets, cfg: BuildConfig, workers: int, progress: bool, sampler, ckpt_sha,
                   overwrite: bool) -> dict:
     manifest_path = out / "manifest.json"
     states = {sub: _subset_state(cfg, sub, ckpt_sha) for sub in subsets}
@@ -321,7 +321,7 @@ def _build_locked(out: Path, subsets, cfg: DataConfig, workers: int, progress: b
             continue
         sub_state = json.loads(state_path.read_text())
         sub_cfg = sub_state["config"]
-        n = DataConfig(**{**sub_cfg, sub: sub_cfg.get(sub, 0)}).size(sub)
+        n = BuildConfig(**{**sub_cfg, sub: sub_cfg.get(sub, 0)}).size(sub)
         shards = [f"{sub}/shard-{k:05d}.jsonl" for k in range(-(-n // sub_cfg["shard_size"]))]
         if all((out / s).exists() for s in shards):
             stats = [json.loads((out / s.replace(".jsonl", ".stats.json")).read_text()) for s in shards]
@@ -338,6 +338,6 @@ def _build_locked(out: Path, subsets, cfg: DataConfig, workers: int, progress: b
     return manifest
 
 
-def with_samples(cfg: DataConfig, subsets, n: int) -> DataConfig:
+def with_samples(cfg: BuildConfig, subsets, n: int) -> BuildConfig:
     """Config with ``n`` samples for each named subset (the CLI's ``--samples``)."""
     return replace(cfg, **{s: n for s in subsets})

@@ -155,16 +155,16 @@ class ProcPaintDataModule(L.LightningDataModule):
         return self.root / "val" if self.cfg.data.root is None else None
 
     def _build(self, out: Path, samples: int, seed: int) -> None:
-        from procpaint.datasets import DataConfig, build_dataset
+        from procpaint.datasets import BuildConfig, build_dataset
 
-        base = DataConfig()
+        base = BuildConfig()
         total = sum(base.size(s) for s in self.cfg.data.subsets)
         sizes = {s: max(1, round(samples * base.size(s) / total)) if s in self.cfg.data.subsets else 0
                  for s in ("multiturn", "conflict", "alignment")}
         d = self.cfg.data
         knobs = {k: getattr(d, k) for k in ("edit_share", "refine_share", "layout")
                  if getattr(d, k) is not None}
-        cfg = DataConfig(seed=seed, image_size=d.image_size, shard_size=max(8, samples // 4),
+        cfg = BuildConfig(seed=seed, image_size=d.image_size, shard_size=max(8, samples // 4),
                          conflict_source=d.conflict_source, **knobs, **sizes)
         log.info("building procedural data into %s (once)", out)
         build_dataset(out, subsets=tuple(d.subsets), cfg=cfg, workers=1, progress=True,

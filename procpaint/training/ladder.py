@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def build_probe_data(out: Path, tags: list[str], samples: int, image_size: int, seed: int = 0,
                      subsets=("multiturn",), **knobs) -> Path:
     """A procedural dataset of ``tags`` only, cached under ``out`` by its arguments."""
-    from procpaint.datasets import DataConfig, build_dataset
+    from procpaint.datasets import BuildConfig, build_dataset
     from procpaint.datasets.config import BUILDER_REVISION
     from procpaint.world.prompts import TAGS
 
@@ -36,7 +36,7 @@ def build_probe_data(out: Path, tags: list[str], samples: int, image_size: int, 
     if (root / "manifest.json").is_file():
         return root
     sizes = {s: (samples if s in subsets else 0) for s in ("multiturn", "conflict", "alignment")}
-    cfg = DataConfig(seed=seed, image_size=image_size, tag_weights=weights, shard_size=max(8, samples // 4),
+    cfg = BuildConfig(seed=seed, image_size=image_size, tag_weights=weights, shard_size=max(8, samples // 4),
                      **sizes, **knobs)
     build_dataset(root, subsets=tuple(subsets), cfg=cfg, workers=1, progress=False)
     return root

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from procpaint.datasets import DataConfig, build_dataset, preset, validate
+from procpaint.datasets import BuildConfig, build_dataset, preset, validate
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.world import parse_critique, parse_plan, parse_prompt, parse_refine
 
@@ -153,7 +153,7 @@ def test_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="needs a multi-turn checkpoint"):
         build_dataset(tmp_path, "conflict", replace(CFG, conflict_source="self"), progress=False)
     with pytest.raises(ValueError, match="conflict_positive"):
-        DataConfig(conflict_positive=1.5)
+        BuildConfig(conflict_positive=1.5)
 
 
 def test_built_tokenizer_reads_the_benchmarks(built):
