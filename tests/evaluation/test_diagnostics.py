@@ -216,6 +216,11 @@ def test_evaluate_default_output_is_unchanged_and_diagnostics_opt_in(tmp_path, o
     assert "Process diagnostics" not in (tmp_path / "plain" / "summary.md").read_text()
     md = (tmp_path / "diag" / "summary.md").read_text()
     assert "## Process diagnostics" in md and "| m | process | geneval |" in md
-    # --score --diagnostics on a folder without stages is a clear error
+    # --score --diagnostics: a folder with stages gets them; one without is a clear error
+    (diag / "diagnostics.json").unlink()
+    assert cli.main(["--score", str(diag), "--metadata", str(diag / "evaluation_metadata.jsonl"),
+                     "--diagnostics", "--quiet", "--workers", "1"]) == 0
+    assert (diag / "diagnostics.json").is_file()
+    assert "## Process diagnostics" in (diag / "summary.md").read_text()
     assert cli.main(["--score", str(plain), "--metadata", str(plain / "evaluation_metadata.jsonl"),
                      "--diagnostics", "--quiet", "--workers", "1"]) == 2
