@@ -1,7 +1,7 @@
 """Evaluate procpaint checkpoints on the GenEval and knowledge benchmarks of the painting world.
 
     python train/evaluate.py --ckpt runs/x/last.ckpt [--benchmark geneval|knowledge|all]
-                             [--mode process|single-pass|planner|all] [--images-per-prompt 4]
+                             [--mode process|single-pass|planner|oracle|all] [--images-per-prompt 4]
                              [--out eval] [--limit N] [--device cpu|cuda]
     python train/evaluate.py --ckpt process=runs/a.ckpt --ckpt single=runs/b.ckpt ...   # one row each
     python train/evaluate.py --score DIR --metadata FILE      # score images in GenEval's layout
@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:          # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-MODES = ("process", "single-pass", "planner")
-DIAGNOSED_MODES = ("process", "planner")       # the modes that write plans: --diagnostics
+# oracle: process mode with the world's exact judge as the Inspect step (procpaint.evaluation.oracle)
+MODES = ("process", "single-pass", "planner", "oracle")
+DIAGNOSED_MODES = ("process", "planner", "oracle")       # the modes that write plans: --diagnostics
 BENCHMARKS = ("geneval", "knowledge")
 
 
@@ -107,6 +108,7 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
     from procpaint.evaluation import diagnostics as diag
     from procpaint.evaluation import runner, tables
     from procpaint.evaluation.layout import stratified
+    from procpaint.evaluation.oracle import OracleInspector
     from procpaint.inference.options import generation_config
 
     metas = {b: stratified(metadata_for(b), limit) for b in benchmarks}   # --limit still covers every tag
@@ -116,7 +118,8 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
     for name, generator in runs:
         for mode in modes:
             try:
-                cfg = generation_config(sampling, getattr(generator, "sampling", None), mode=mode, seed=seed)
+                cfg = generation_config(sampling, getattr(generator, "sampling", None),
+                                        mode="process" if mode == "oracle" else mode, seed=seed)
             except ValueError as exc:
                 raise UsageError(str(exc)) from exc
             diagnose = diagnostics and mode in DIAGNOSED_MODES
@@ -124,7 +127,8 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
                 folder = Path(out) / name / mode / bench
                 stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
                                             batch_size=batch_size, show_progress=show_progress,
-                                            workers=workers, keep_stages=keep_stages or diagnose)
+                                            workers=workers, keep_stages=keep_stages or diagnose,
+                                            critic=OracleInspector() if mode == "oracle" else None)
                 print(f"{name}/{mode}/{bench}: generated {stats['generated']}, kept {stats['skipped']}",
                       file=sys.stderr)
                 runner.score_dir(folder, meta, show_progress=show_progress, workers=workers)

@@ -201,7 +201,7 @@ def score_dir(outdir: Path, metadata: list[dict], *, limit: int | None = None,
 
 def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, images_per_prompt: int = 4,
                  batch_size: int = 4, limit: int | None = None, show_progress: bool = True,
-                 workers: int = 1, keep_stages: bool = False) -> dict:
+                 workers: int = 1, keep_stages: bool = False, critic=None) -> dict:
     """Generate missing images into GenEval's layout; existing images are kept (resume).
 
     ``config`` is a :class:`procpaint.inference.types.GenerationConfig`; image ``k`` of a batch
@@ -218,6 +218,8 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
     (:func:`~procpaint.evaluation.layout.stage_path`) and records its path, relative to the prompt
     folder, as ``image`` in that stage of the trajectories.jsonl record (what
     :mod:`procpaint.evaluation.diagnostics` reads); samples kept from an earlier run keep their records.
+    ``critic``: an inspector other than the model (``Generator.generate(critic=...)``, e.g.
+    :class:`procpaint.evaluation.oracle.OracleInspector`).
     Returns {"generated": n, "skipped": n}.
     """
     outdir = Path(outdir)
@@ -235,11 +237,12 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
     workers = max(1, min(int(workers), len(batches)))
     if workers == 1:
         for k, batch in batches:
-            stats["generated"] += _generate_batch(generator, meta, outdir, config, k, batch, keep_stages)
+            stats["generated"] += _generate_batch(generator, meta, outdir, config, k, batch, keep_stages,
+                                                  critic)
             bar.update(len(batch))
     else:
         run = lambda k, batch: _generate_batch(generator, meta, outdir, config, k, batch,  # noqa: E731
-                                               keep_stages)
+                                               keep_stages, critic)
         for _, n in _forked(run, batches, workers):
             stats["generated"] += n
             bar.update(n)
@@ -248,10 +251,12 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
 
 
 def _generate_batch(generator, meta: list[dict], outdir: Path, config, k: int, batch: list[int],
-                    keep_stages: bool = False) -> int:
+                    keep_stages: bool = False, critic=None) -> int:
     """Generate and write one batch of prompts (sample ``k``); returns the number written."""
     cfg = replace(config, seed=config.seed + 1_000_003 * k + batch[0])
-    results = generator.generate([meta[i]["prompt"] for i in batch], cfg)
+    prompts = [meta[i]["prompt"] for i in batch]
+    results = (generator.generate(prompts, cfg) if critic is None
+               else generator.generate(prompts, cfg, critic=critic))
     if len(results) != len(batch):
         raise RuntimeError(f"generator returned {len(results)} results for {len(batch)} prompts")
     size = next((int(r.final_image.shape[-1]) for r in results if r.final_image is not None),

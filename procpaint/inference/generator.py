@@ -35,6 +35,9 @@ from procpaint.model import ProcPaintModel
 from procpaint.sequence.tokenizer import TextTokenizer
 
 LogitsProcessor = Callable[[int, list[int], torch.Tensor], torch.Tensor]
+# An inspector other than the model: (prompt, the trajectory's latest plan text, its draft (3, H, W) in
+# [-1, 1]) -> the critique text the trajectory continues with (its tokens are fed, not sampled).
+Critic = Callable[[str, str, torch.Tensor], str]
 
 
 @dataclass
@@ -56,6 +59,7 @@ class _Traj:
     img_branch: bool = False                    # an image was written: image CFG has its own context
     x: torch.Tensor | None = None               # (h*w, D_lat) latents being sampled
     step: int = 0
+    forced: list[int] = field(default_factory=list)  # tokens to feed instead of sampling (a critic's)
     pend_s: float = 0.0                         # cost not yet attributed to a stage (prefill)
     pend_n: int = 0
 
@@ -102,7 +106,8 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], config: GenerationConfig | None = None, *,
-                 logits_processor: LogitsProcessor | None = None) -> list[TrajectoryResult]:
+                 logits_processor: LogitsProcessor | None = None,
+                 critic: Critic | None = None) -> list[TrajectoryResult]:
         """One trajectory per prompt, all advanced together (see the module docstring).
 
         ``logits_processor(index, generated_ids, logits (V,)) -> logits`` runs before the grammar
@@ -113,7 +118,7 @@ class Generator:
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = [self.encode_prompt(p) for p in prompts]
-        run = _Run(self, cfg, self.grid(cfg.image_size), logits_processor)
+        run = _Run(self, cfg, self.grid(cfg.image_size), logits_processor, critic)
         out = run.go(prompts, ids)
         # Where the last call's time went (benchmarks/bench_generate.py prints it).
         self.last_profile = {**{f"model call: {k}": v for k, v in run.engine.timings.items()}, **run.profile,
@@ -129,8 +134,8 @@ def trajectory_seed(seed: int, prompt: str) -> int:
 class _Run:
     """State of one ``generate`` call."""
 
-    def __init__(self, g: Generator, cfg: GenerationConfig, grid: tuple[int, int], proc):
-        self.g, self.cfg, self.grid, self.proc = g, cfg, grid, proc
+    def __init__(self, g: Generator, cfg: GenerationConfig, grid: tuple[int, int], proc, critic=None):
+        self.g, self.cfg, self.grid, self.proc, self.critic = g, cfg, grid, proc, critic
         self.cached = cfg.use_cache
         self.gram = g.grammars[cfg.constrained]
         self.engine = Engine(g.model, g.tok.vision_start_id, g.tok.vision_end_id)
@@ -281,16 +286,23 @@ class _Run:
         self._close_stage(tr)
         after_draft = kind == "draft" and self.cfg.mode == "process"
         tr.state = G.CRITIQUE if after_draft else G.BETWEEN
+        if after_draft and self.critic is not None:
+            plan = next((s.text for s in reversed(tr.result.stages) if s.kind == "plan" and s.text), "")
+            draft = next(s.image for s in reversed(tr.result.stages) if s.image is not None)
+            tr.forced = self.g.encode_prompt(self.critic(tr.result.prompt, plan, draft))
         self._next_token(tr, outs[0][-1])
 
     # ------------------------------------------------------------------------------ tokens
     def _next_token(self, tr: _Traj, hidden: torch.Tensor) -> None:
-        logits = self.g.model.lm_head(hidden[None])[0]                               # (V,)
-        if self.proc is not None:
-            logits = self.proc(tr.idx, list(tr.history), logits)
-        allowed = self.gram.allowed(tr.state, planner=self.cfg.mode == "planner")
-        tok = G.sample_token(logits, allowed, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                             generator=tr.gen)
+        if tr.forced:                                    # a critic's text: fed, not sampled
+            tok = tr.forced.pop(0)
+        else:
+            logits = self.g.model.lm_head(hidden[None])[0]                           # (V,)
+            if self.proc is not None:
+                logits = self.proc(tr.idx, list(tr.history), logits)
+            allowed = self.gram.allowed(tr.state, planner=self.cfg.mode == "planner")
+            tok = G.sample_token(logits, allowed, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                 generator=tr.gen)
         gr, c = self.gram, self.cfg
         if tok == gr.eos:
             return self._finish(tr, "eos" if tr.images else "no_image")
