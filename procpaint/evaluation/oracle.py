@@ -14,10 +14,12 @@ the verdict is the plain "does not match" (nothing matches an unreadable plan).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..io import to_uint8
 from ..world.critique_grammar import Critique, critique_text
 from ..world.detect import Detector, state_of
-from ..world.grammar import ParseError, parse_plan, parse_prompt
+from ..world.grammar import NUMBERS, ParseError, parse_plan, parse_prompt
 from ..world.judge import compare_state
 
 
@@ -38,4 +40,9 @@ class OracleInspector:
             except ParseError:
                 return critique_text(Critique("image", ok=False))
         found = self.detector.detect(to_uint8(image))
-        return critique_text(compare_state(wanted, state_of(found))[0])
+        verdict = compare_state(wanted, state_of(found))[0]
+        # The world's words count to len(NUMBERS) - 1: a draft with more objects than that is said to
+        # have that many (a count the grammar cannot name is not a critique the model could read).
+        top = len(NUMBERS) - 1
+        errors = tuple(replace(e, n=min(e.n, top), m=min(e.m, top)) for e in verdict.errors)
+        return critique_text(replace(verdict, errors=errors))

@@ -104,3 +104,16 @@ def test_evaluate_oracle_mode_uses_the_inspector(tmp_path, oracle, monkeypatch):
     assert (tmp_path / "m" / "oracle" / "geneval" / "results.jsonl").is_file()
     with pytest.raises(SystemExit):
         cli.main(["--mode", "nope"])
+
+
+def test_oracle_names_counts_beyond_the_worlds_numbers():
+    """A draft of twelve blobs: the world counts to nine, so the critique says nine (and stays readable)."""
+    from procpaint.world.detect import Detection
+
+    class Twelve:
+        def detect(self, image):
+            return [Detection("circle", "red", "large", i // 3, i % 3, 0.0, 0.0, 4.0, 0.0, 50.0)
+                    for i in range(12)]
+
+    text = OracleInspector(Twelve())(PROMPT, PLAN, torch.zeros(3, 16, 16))
+    assert text.startswith("the image does not match the plan") and "nine" in text.split(), text
