@@ -14,8 +14,9 @@ The two-stage recipe the paper implies, as the commands this script runs (``--dr
     python train/fit.py --config train/configs/ROW.yaml trainer.default_root_dir=OUT/runs \\
         data.cache_dir=OUT/data/ROW [data.conflict_ckpt=OUT/ckpt/stage1_multiturn.ckpt]
     # 3. evaluate each row in its inference mode (single-pass for the baseline, process otherwise,
-    #    plus the process model in planner mode for the inference-cost table)
-    python train/evaluate.py --ckpt ROW=OUT/ckpt/ROW.ckpt --mode MODE --out OUT/eval
+    #    plus the process model in planner mode (planner-only row, inference cost) and with the oracle
+    #    inspector); every mode that writes plans also writes its process diagnostics
+    python train/evaluate.py --ckpt ROW=OUT/ckpt/ROW.ckpt --mode MODE --out OUT/eval [--diagnostics]
     # 4. one combined table
     python train/evaluate.py --tables OUT/eval           # -> OUT/eval/summary.md, summary.json
 
@@ -34,10 +35,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "train" / "configs"
-# row -> evaluation modes (the first is the row's own; planner adds the cost comparison)
+# row -> evaluation modes (the first is the row's own; planner adds the cost comparison and the
+# paper's planner-only row; oracle: the exact judge as the inspector, the "+ GPT inspector" row)
 ROWS = {
     "single_pass": ("single-pass",),
-    "process": ("process", "planner"),
+    "process": ("process", "planner", "oracle"),
     "process_no_aug": ("process",),
     "process_no_selfcritique": ("process",),
     "critique_scene_graph": ("process",),
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ROWS[row]:
             cmd = [sys.executable, "train/evaluate.py", "--ckpt", f"{row}={ckpt}", "--mode", mode,
                    "--benchmark", args.benchmark, "--out", str(out / "eval"),
-                   "--images-per-prompt", str(ipp), "--device", args.device, "--quiet"]
+                   "--images-per-prompt", str(ipp), "--device", args.device, "--quiet",
+                   *(["--diagnostics"] if mode != "single-pass" else [])]
             r.run(cmd + (["--limit", str(limit)] if limit else []), f"evaluating {row} ({mode})")
     if ckpts:
         r.run([sys.executable, "train/evaluate.py", "--tables", str(out / "eval")], "tables")

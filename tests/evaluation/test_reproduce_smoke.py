@@ -50,6 +50,11 @@ def test_every_row_trains_evaluates_and_tabulates(tmp_path):
         assert r["cost"]["forward_passes"] > 0, r
     md = (out / "eval" / "summary.md").read_text()
     assert "| single_pass | single-pass |" in md and "| process | planner |" in md
+    assert "| process | oracle |" in md and "Process diagnostics" in md
+    # every mode that writes plans writes its diagnostics; single-pass has none to write
+    assert (out / "eval" / "process" / "oracle" / "geneval" / "diagnostics.json").is_file()
+    assert (out / "eval" / "only_conflict" / "process" / "knowledge" / "diagnostics.json").is_file()
+    assert not (out / "eval" / "single_pass" / "single-pass" / "geneval" / "diagnostics.json").exists()
     # fit.py's closing quick eval samples the single-pass baseline in its own mode (it always draws)
     (qe,) = (out / "runs" / "single_pass").glob("version_*/quick_eval.json")
     assert json.loads(qe.read_text())["drew_image"] == 1.0
