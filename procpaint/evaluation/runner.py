@@ -235,17 +235,12 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
     # One k per call: the generator takes one seed per call.
     batches = [(k, idx[s: s + batch_size]) for k, idx in todo.items() for s in range(0, len(idx), batch_size)]
     workers = max(1, min(int(workers), len(batches)))
-    if workers == 1:
-        for k, batch in batches:
-            stats["generated"] += _generate_batch(generator, meta, outdir, config, k, batch, keep_stages,
-                                                  critic)
-            bar.update(len(batch))
-    else:
-        run = lambda k, batch: _generate_batch(generator, meta, outdir, config, k, batch,  # noqa: E731
-                                               keep_stages, critic)
-        for _, n in _forked(run, batches, workers):
-            stats["generated"] += n
-            bar.update(n)
+    run = lambda k, batch: _generate_batch(generator, meta, outdir, config, k, batch,  # noqa: E731
+                                           keep_stages, critic)
+    done = _forked(run, batches, workers) if workers > 1 else ((i, run(*b)) for i, b in enumerate(batches))
+    for _, n in done:
+        stats["generated"] += n
+        bar.update(n)
     bar.close()
     return stats
 

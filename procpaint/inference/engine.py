@@ -320,9 +320,12 @@ class Engine:
         bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
         spans = list(zip(bounds[:-1], bounds[1:]))
         t1 = time.perf_counter()
-        for q, n in zip(queries, sizes):             # room for every new row (written or scratch)
+        new_rows: dict[int, int] = {}                # room for every new row (written or scratch)
+        for q, n in zip(queries, sizes):
             if q.owner >= 0:
-                self.cache.reserve(q.owner, n + self._pending(queries, q.owner, q), self._kv_like)
+                new_rows[q.owner] = new_rows.get(q.owner, 0) + n
+        for owner, n in new_rows.items():
+            self.cache.reserve(owner, n, self._kv_like)
         call = _CallKV(self.cache, queries, spans, [self._new_mask(q) for q in queries], dev)
         routing = Routing.build((~lat).nonzero().squeeze(1).to(dev), lat.nonzero().squeeze(1).to(dev),
                                 hidden.shape[0], self.model.cfg.mot)
@@ -336,11 +339,6 @@ class Engine:
         tm["transformer"] += t3 - t2
         tm["cache writes"] += time.perf_counter() - t3
         return list(out.split(sizes))
-
-    @staticmethod
-    def _pending(queries: list[Query], owner: int, me: Query) -> int:
-        """New tokens of the other queries of ``owner`` in this call (they share its buffer's tail)."""
-        return sum(q.num_tokens for q in queries if q.owner == owner and q is not me)
 
     @staticmethod
     def _kept(q: Query) -> torch.Tensor:
