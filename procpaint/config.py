@@ -155,15 +155,19 @@ class LossConfig:
     lambda_ce: float = 1.0                # loss = lambda_ce * CE + MSE
     timestep_shift: float = 1.0           # training timestep shift s (t' = s t / (1 + (s-1) t))
     timestep_logit_std: float = 1.0       # t = sigmoid(N(0, std^2)) before the shift (SD3's logit-normal)
+    timestep_mix_frac: float = 0.0        # share of times drawn with timestep_mix_shift instead (a mixture)
+    timestep_mix_shift: float = 1.0
     max_nonfinite_steps: int = 5          # stop after this many consecutive NaN/inf losses
 
     def __post_init__(self):
         if (self.max_nonfinite_steps < 1 or not self.timestep_shift > 0 or not self.timestep_logit_std > 0
-                or self.lambda_ce < 0):
+                or self.lambda_ce < 0 or not 0.0 <= self.timestep_mix_frac <= 1.0
+                or not self.timestep_mix_shift > 0):
             raise ConfigError(f"loss.max_nonfinite_steps must be >= 1, loss.timestep_shift and "
-                              f"loss.timestep_logit_std > 0, loss.lambda_ce >= 0; got "
-                              f"{self.max_nonfinite_steps}, {self.timestep_shift}, "
-                              f"{self.timestep_logit_std}, {self.lambda_ce}")
+                              f"loss.timestep_logit_std, loss.timestep_mix_shift > 0, loss.lambda_ce >= 0, "
+                              f"loss.timestep_mix_frac in [0, 1]; got {self.max_nonfinite_steps}, "
+                              f"{self.timestep_shift}, {self.timestep_logit_std}, {self.timestep_mix_shift}, "
+                              f"{self.lambda_ce}, {self.timestep_mix_frac}")
 
 
 @dataclass

@@ -30,6 +30,7 @@ def _fit_main():
     ("data.max_tokens_per_sample=10", "data.max_tokens_per_sample (10) cannot hold one image"),
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
     ("loss.max_nonfinite_steps=0", "loss.max_nonfinite_steps"),
+    ("loss.timestep_mix_frac=1.5", "loss.timestep_mix_frac in [0, 1]"),
     ("optim.warmup_steps=-1", "optim.warmup_steps"),
     # a world the judge cannot separate, a model that cannot draw it
     ("data.image_size=16", "data.image_size (16) draws a small object 2.7 px across"),

@@ -205,14 +205,16 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
 
 
-def sample_timesteps(n: int, *, shift: float = 1.0, logit_std: float = 1.0,
-                     generator: torch.Generator | None = None,
+def sample_timesteps(n: int, *, shift: float = 1.0, logit_std: float = 1.0, mix_frac: float = 0.0,
+                     mix_shift: float = 1.0, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
     """Training timesteps t ~ sigmoid(N(0, logit_std^2)) (logit-normal), then the resolution shift
     t' = s t / (1 + (s - 1) t) (s > 1 moves mass toward noise, t = 1). The shift is a move of the
     logit's mean by log(s), so (shift, logit_std) is SD3's logit-normal(log s, logit_std): a wider
     logit_std trains both ends (the prompt-only regime near t = 1 and the fine detail near 0).
-    Returns (n,) float32 on ``device`` (default: the generator's device, else CPU). Same generator
+    With ``mix_frac`` > 0 each time is drawn, with that probability, from the logit-normal shifted by
+    ``mix_shift`` instead (a two-component mixture: e.g. most mass at the prompt-only end, the rest where
+    samples commit to a layout and draw edges). Returns (n,) float32 on ``device`` (default: the generator's device, else CPU). Same generator
     state, same values. Plain PyTorch on purpose: O(n) with n images or tokens, and it must use
     torch's RNG streams."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -221,13 +223,21 @@ def sample_timesteps(n: int, *, shift: float = 1.0, logit_std: float = 1.0,
         raise ValueError(f"sample_timesteps: shift must be a finite float > 0, got {shift!r}")
     if not (isinstance(logit_std, (int, float)) and math.isfinite(logit_std) and logit_std > 0):
         raise ValueError(f"sample_timesteps: logit_std must be a finite float > 0, got {logit_std!r}")
+    if not (isinstance(mix_frac, (int, float)) and 0.0 <= mix_frac <= 1.0):
+        raise ValueError(f"sample_timesteps: mix_frac must be in [0, 1], got {mix_frac!r}")
+    if not (isinstance(mix_shift, (int, float)) and math.isfinite(mix_shift) and mix_shift > 0):
+        raise ValueError(f"sample_timesteps: mix_shift must be a finite float > 0, got {mix_shift!r}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"sample_timesteps: generator is on {generator.device}, device is {device}")
     z = torch.randn(n, generator=generator, device=device, dtype=torch.float32)                # (n,)
-    return shift_timesteps(torch.sigmoid(z if logit_std == 1.0 else z * logit_std), shift)
+    t = torch.sigmoid(z if logit_std == 1.0 else z * logit_std)
+    if mix_frac == 0.0:  # no extra draw: the stream of a plain logit-normal is unchanged
+        return shift_timesteps(t, shift)
+    other = torch.rand(n, generator=generator, device=device, dtype=torch.float32) < mix_frac
+    return torch.where(other, shift_timesteps(t, mix_shift), shift_timesteps(t, shift))
 
 
 def rf_interpolate(clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, *,

@@ -76,7 +76,8 @@ class Packer:
         p_drop_text / p_drop_image: CFG dropout, per sample: the conditioning text of its first
             generated image (roles in ``cfg_text_roles``; see plan.py) / all context images
             (ImageSegment loss=False) are removed together.
-        timestep_shift, timestep_logit_std: the shifted logit-normal timestep distribution
+        timestep_shift, timestep_logit_std, timestep_mix_frac, timestep_mix_shift: the shifted
+            logit-normal timestep distribution, optionally a two-shift mixture
             (procpaint.kernels.flow.sample_timesteps, the one home of the flow convention).
         max_wait_packs: a sample buffered this many packs goes into the next pack (filled around it);
             default 2 * overflow_buffer + 8, beyond the buffer's normal turnover.
@@ -89,8 +90,8 @@ class Packer:
     def __init__(self, tokenizer: TextTokenizer, *, pixels_per_token: int, max_tokens: int = 33000,
                  max_tokens_per_sample: int | None = None, overflow_buffer: int = 64,
                  p_drop_text: float = 0.0, p_drop_image: float = 0.0, timestep_shift: float = 1.0,
-                 timestep_logit_std: float = 1.0,
-                 max_wait_packs: int | None = None, pad_to_budget: bool = True,
+                 timestep_logit_std: float = 1.0, timestep_mix_frac: float = 0.0,
+                 timestep_mix_shift: float = 1.0, max_wait_packs: int | None = None, pad_to_budget: bool = True,
                  max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt", "plan"),
                  seed: int = 0):
         if max_tokens < 1:
@@ -106,15 +107,19 @@ class Packer:
         for name, p in (("p_drop_text", p_drop_text), ("p_drop_image", p_drop_image)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
-        for name, v in (("timestep_shift", timestep_shift), ("timestep_logit_std", timestep_logit_std)):
+        for name, v in (("timestep_shift", timestep_shift), ("timestep_logit_std", timestep_logit_std),
+                        ("timestep_mix_shift", timestep_mix_shift)):
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a positive number, got {v}")
+        if not 0.0 <= timestep_mix_frac <= 1.0:
+            raise ValueError(f"timestep_mix_frac must be in [0, 1], got {timestep_mix_frac}")
         self.planner = SequencePlanner(tokenizer, pixels_per_token, max_latent_size=max_latent_size,
                                        cfg_text_roles=cfg_text_roles)
         self.pad_id = tokenizer.pad_id
         self.max_tokens, self.limit, self.overflow_buffer = int(max_tokens), int(limit), int(overflow_buffer)
         self.p_text, self.p_image, self.shift = float(p_drop_text), float(p_drop_image), float(timestep_shift)
         self.logit_std = float(timestep_logit_std)
+        self.mix_frac, self.mix_shift = float(timestep_mix_frac), float(timestep_mix_shift)
         self.max_wait, self.pad, self.seed = int(max_wait_packs), bool(pad_to_budget), int(seed)
         self.drop_gen = torch.Generator().manual_seed(self.seed)
         self.time_gen = torch.Generator().manual_seed(self.seed ^ 0x5EED_7157)
@@ -191,9 +196,12 @@ class Packer:
 
     # ---------------------------------------------------------------- resume
     def _signature(self) -> dict:
-        return dict(max_tokens=self.max_tokens, limit=self.limit, overflow_buffer=self.overflow_buffer,
-                    p_text=self.p_text, p_image=self.p_image, shift=self.shift, max_wait=self.max_wait,
-                    pad=self.pad, seed=self.seed, ppt=self.planner.ppt)
+        sig = dict(max_tokens=self.max_tokens, limit=self.limit, overflow_buffer=self.overflow_buffer,
+                   p_text=self.p_text, p_image=self.p_image, shift=self.shift, max_wait=self.max_wait,
+                   pad=self.pad, seed=self.seed, ppt=self.planner.ppt)
+        if self.mix_frac:  # only then: states saved before the mixture existed still match
+            sig.update(mix_frac=self.mix_frac, mix_shift=self.mix_shift)
+        return sig
 
     def state_dict(self, *, include_samples: bool = False) -> dict:
         """Everything needed to continue the stream exactly: generator state, counters and the
@@ -321,7 +329,8 @@ class Packer:
              for la, nb in zip(lays, noise_base)]))
         noised = noise_split >= 0
         t_gen = sample_timesteps(sum(la.num_noise_splits for la in lays), shift=self.shift,
-                                 logit_std=self.logit_std, generator=self.time_gen)
+                                 logit_std=self.logit_std, mix_frac=self.mix_frac, mix_shift=self.mix_shift,
+                                 generator=self.time_gen)
         latent_timesteps = torch.zeros(len(noise_split), dtype=torch.float32)
         latent_timesteps[noised] = t_gen[noise_split[noised]]
         split_lens = [s for la in lays for s in la.split_lens] + ([pad_n] if pad_n else [])

@@ -80,6 +80,8 @@ class PackStream(IterableDataset):
                       p_drop_image=d.p_drop_image if self.split == "train" else 0.0,
                       timestep_shift=self.cfg.loss.timestep_shift,
                       timestep_logit_std=self.cfg.loss.timestep_logit_std,
+                      timestep_mix_frac=self.cfg.loss.timestep_mix_frac,
+                      timestep_mix_shift=self.cfg.loss.timestep_mix_shift,
                       seed=(self.cfg.seed * 7919 + self.rank) * 131 + worker)
 
     def __iter__(self) -> Iterator[PackedBatch]:

@@ -338,6 +338,33 @@ def test_sample_timesteps_distribution(shift, std):
     assert (cdf - qs).abs().max().item() < 0.006
 
 
+@pytest.mark.parametrize("frac", [0.25, 0.5, 1.0])
+def test_sample_timesteps_mixture(frac):
+    """A two-shift mixture: its CDF is the mixture of the two shifted logit-normals' CDFs, and
+    ``mix_frac=0`` leaves the plain stream bit-identical (no extra draw)."""
+    s1, s2 = 50.0, 3.0
+    t = flow.sample_timesteps(200_000, shift=s1, mix_frac=frac, mix_shift=s2,
+                              generator=torch.Generator().manual_seed(11))
+    assert t.dtype == torch.float32 and 0.0 <= t.min().item() and t.max().item() <= 1.0
+    grid = np.array([0.2, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
+    normal = torch.distributions.Normal(0.0, 1.0)
+
+    def cdf(x: np.ndarray, s: float) -> np.ndarray:  # P(shift(sigmoid(Z), s) <= x): invert the shift
+        u = x / (s - (s - 1) * x)
+        return normal.cdf(torch.from_numpy(np.log(u / (1 - u)))).numpy()
+
+    expect = (1 - frac) * cdf(grid, s1) + frac * cdf(grid, s2)
+    got = (t.double()[None, :] <= torch.from_numpy(grid)[:, None]).double().mean(1).numpy()
+    assert np.abs(got - expect).max() < 0.006
+    plain = flow.sample_timesteps(1000, shift=s1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(plain, flow.sample_timesteps(1000, shift=s1, mix_frac=0.0, mix_shift=s2,
+                                                    generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="mix_frac must be in"):
+        flow.sample_timesteps(4, mix_frac=1.5)
+    with pytest.raises(ValueError, match="mix_shift must be a finite float > 0"):
+        flow.sample_timesteps(4, mix_frac=0.5, mix_shift=-1.0)
+
+
 def test_sample_timesteps_reproducible_and_validated():
     a = flow.sample_timesteps(1000, shift=2.0, generator=torch.Generator().manual_seed(3))
     b = flow.sample_timesteps(1000, shift=2.0, generator=torch.Generator().manual_seed(3))
