@@ -10,6 +10,8 @@
 //
 // The loss never materializes an (N, D) temporary: each fixed-size chunk of rows reduces to one
 // double, so extra memory is O(N / chunk) and the result does not depend on the thread count.
+// rf_mse_with_grad (the training path) adds one (N, D) output, the loss's gradient w.r.t. pred,
+// written in the same pass; its loss is bit-equal to rf_mse's.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -61,6 +63,7 @@ struct RowKernels {
   void (*interp)(In<T>, In<T>, TimeView, T*, int64_t, int64_t, int64_t);
   void (*interp_bwd)(In<T>, In<T>, In<T>, TimeView, T*, T*, float*, int64_t, int64_t, int64_t);
   double (*mse)(In<T>, In<T>, In<T>, float*, float, int64_t, int64_t, int64_t);
+  double (*mse_grad)(In<T>, In<T>, In<T>, float*, float, float, T*, int64_t, int64_t, int64_t);
   void (*mse_bwd)(In<T>, In<T>, In<T>, const float*, int64_t, float, T*, T*, T*, int64_t, int64_t,
                   int64_t);
   void (*euler)(const T*, const T*, const float*, int64_t, float, T*, int64_t, int64_t, int64_t);
@@ -195,10 +198,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_cpu(
 }
 
 // ------------------------------------------------------------------ rf_mse
-at::Tensor rf_mse_cpu(const at::Tensor& pred_in, const at::Tensor& clean_in,
-                      const at::Tensor& noise_in, c10::string_view reduction) {
-  constexpr const char* op = "rf_mse";
-  const Reduction red = check_rf_mse(op, pred_in, clean_in, noise_in, reduction);
+// d(mean_D (pred - target)^2)/d pred = 2 (pred - target) / D, times 1/N for "mean".
+inline float mse_grad_base(Reduction red, int64_t n, int64_t d) {
+  return 2.0f / static_cast<float>(d) / (red == kMean ? static_cast<float>(n) : 1.0f);
+}
+
+// The loss of rf_mse; with grad defined ((N, D) contiguous, pred's dtype) the same pass also
+// writes the loss's gradient w.r.t. pred (upstream grad 1) into it.
+at::Tensor mse_forward(const char* op, Reduction red, const at::Tensor& pred_in,
+                       const at::Tensor& clean_in, const at::Tensor& noise_in, at::Tensor grad) {
   const int64_t n = pred_in.size(0), d = pred_in.size(1);
   auto f32 = pred_in.options().dtype(at::kFloat);
   at::Tensor rows = red == kNone ? at::empty({n}, f32) : at::Tensor();  // (N,) only for "none"
@@ -211,14 +219,19 @@ at::Tensor rf_mse_cpu(const at::Tensor& pred_in, const at::Tensor& clean_in,
   const int64_t nchunks = (n + chunk - 1) / chunk;
   std::vector<double> partial(nchunks);  // O(N / chunk) extra memory
   const float inv_d = 1.0f / static_cast<float>(d);
+  const float base = mse_grad_base(red, n, d);
   dispatch_dtype(pred.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     auto p = in_rows<T>(pred), c = in_rows<T>(clean), nz = in_rows<T>(noise);
     float* out_rows = red == kNone ? rows.data_ptr<float>() : nullptr;
-    auto f = kernels<T>().mse;
+    T* g = grad.defined() ? grad.data_ptr<T>() : nullptr;
+    const RowKernels<T>& k = kernels<T>();
     at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t k = cb; k < ce; ++k)
-        partial[k] = f(p, c, nz, out_rows, inv_d, d, k * chunk, std::min(n, (k + 1) * chunk));
+      for (int64_t q = cb; q < ce; ++q) {
+        const int64_t b = q * chunk, e = std::min(n, (q + 1) * chunk);
+        partial[q] = g ? k.mse_grad(p, c, nz, out_rows, inv_d, base, g, d, b, e)
+                       : k.mse(p, c, nz, out_rows, inv_d, d, b, e);
+      }
     });
   });
   if (red == kNone) return rows;
@@ -227,6 +240,26 @@ at::Tensor rf_mse_cpu(const at::Tensor& pred_in, const at::Tensor& clean_in,
   total /= static_cast<double>(d);
   if (red == kMean) total /= static_cast<double>(n);
   return at::full({}, static_cast<float>(total), f32);
+}
+
+at::Tensor rf_mse_cpu(const at::Tensor& pred, const at::Tensor& clean, const at::Tensor& noise,
+                      c10::string_view reduction) {
+  constexpr const char* op = "rf_mse";
+  const Reduction red = check_rf_mse(op, pred, clean, noise, reduction);
+  return mse_forward(op, red, pred, clean, noise, at::Tensor());
+}
+
+// (loss, g): g (N, D) in pred's dtype = d loss / d pred for an upstream grad of 1, written in the
+// pass that reduces the loss (read pred, clean, noise once; write g once).
+std::tuple<at::Tensor, at::Tensor> rf_mse_with_grad_cpu(const at::Tensor& pred,
+                                                        const at::Tensor& clean,
+                                                        const at::Tensor& noise,
+                                                        c10::string_view reduction) {
+  constexpr const char* op = "rf_mse_with_grad";
+  const Reduction red = check_rf_mse(op, pred, clean, noise, reduction);
+  at::Tensor g = at::empty({pred.size(0), pred.size(1)}, pred.options());  // (N, D)
+  at::Tensor loss = mse_forward(op, red, pred, clean, noise, g.numel() ? g : at::Tensor());
+  return {loss, g};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_cpu(
@@ -242,8 +275,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_cpu(
   at::Tensor g = grad_in.contiguous();
   const float* gptr = g.data_ptr<float>();
   const int64_t gstride = red == kNone ? 1 : 0;
-  // d(mean_D (pred - target)^2)/d pred = 2 (pred - target) / D, times 1/N for "mean".
-  const float base = 2.0f / static_cast<float>(d) / (red == kMean ? static_cast<float>(n) : 1.0f);
+  const float base = mse_grad_base(red, n, d);
   dispatch_dtype(pred.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     auto p = in_rows<T>(pred), c = in_rows<T>(clean), nz = in_rows<T>(noise);
@@ -299,6 +331,7 @@ TORCH_LIBRARY_IMPL(procpaint, CPU, m) {
   m.impl("rf_interpolate", &rf_interpolate_cpu);
   m.impl("rf_interpolate_backward", &rf_interpolate_backward_cpu);
   m.impl("rf_mse", &rf_mse_cpu);
+  m.impl("rf_mse_with_grad", &rf_mse_with_grad_cpu);
   m.impl("rf_mse_backward", &rf_mse_backward_cpu);
   m.impl("euler_step", &euler_step_cpu);
   m.impl("euler_step.dt_tensor", &euler_step_tensor_cpu);

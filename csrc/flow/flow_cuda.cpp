@@ -82,12 +82,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_interpolate_backward_cuda(
   return {gc, gn, gt};
 }
 
-at::Tensor rf_mse_cuda(const at::Tensor& pred_in, const at::Tensor& clean_in,
-                       const at::Tensor& noise_in, c10::string_view reduction) {
-  constexpr const char* op = "rf_mse";
-  const Reduction red = check_rf_mse(op, pred_in, clean_in, noise_in, reduction);
+// rf_mse's loss; a defined grad ((N, D) contiguous, pred's dtype) also receives the loss's
+// gradient w.r.t. pred for an upstream grad of 1, from the same pass.
+at::Tensor mse_forward_cuda(const char* op, Reduction red, const at::Tensor& pred_in,
+                            const at::Tensor& clean_in, const at::Tensor& noise_in,
+                            const at::Tensor& grad) {
   const int64_t n = pred_in.size(0), d = pred_in.size(1);
-  const c10::cuda::CUDAGuard guard(pred_in.device());
   auto f32 = pred_in.options().dtype(at::kFloat);
   at::Tensor out = red == kNone ? at::empty({n}, f32) : at::empty({}, f32);
   if (n == 0) {
@@ -97,13 +97,40 @@ at::Tensor rf_mse_cuda(const at::Tensor& pred_in, const at::Tensor& clean_in,
   at::Tensor pred = as_rows(pred_in), clean = as_rows(clean_in), noise = as_rows(noise_in);
   // O(#SMs) per-block partials: the reduced loss never needs an (N,) or (N, D) buffer.
   at::Tensor workspace = red == kNone ? at::Tensor() : at::empty({k::rf_mse_num_blocks(n, d)}, f32);
-  check_launch(op, k::launch_rf_mse(to_kernel_dtype(pred.scalar_type()), pred.data_ptr(),
-                                    row_stride(pred), clean.data_ptr(), row_stride(clean),
-                                    noise.data_ptr(), row_stride(noise), n, d, static_cast<int>(red),
-                                    out.data_ptr<float>(),
-                                    workspace.defined() ? workspace.data_ptr<float>() : nullptr,
-                                    at::cuda::getCurrentCUDAStream()));
+  float* ws = workspace.defined() ? workspace.data_ptr<float>() : nullptr;
+  const k::DType dt = to_kernel_dtype(pred.scalar_type());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (grad.defined()) {
+    check_launch(op, k::launch_rf_mse_with_grad(dt, pred.data_ptr(), row_stride(pred),
+                                                clean.data_ptr(), row_stride(clean), noise.data_ptr(),
+                                                row_stride(noise), n, d, static_cast<int>(red),
+                                                out.data_ptr<float>(), ws, grad.data_ptr(), stream));
+  } else {
+    check_launch(op, k::launch_rf_mse(dt, pred.data_ptr(), row_stride(pred), clean.data_ptr(),
+                                      row_stride(clean), noise.data_ptr(), row_stride(noise), n, d,
+                                      static_cast<int>(red), out.data_ptr<float>(), ws, stream));
+  }
   return out;
+}
+
+at::Tensor rf_mse_cuda(const at::Tensor& pred, const at::Tensor& clean, const at::Tensor& noise,
+                       c10::string_view reduction) {
+  constexpr const char* op = "rf_mse";
+  const Reduction red = check_rf_mse(op, pred, clean, noise, reduction);
+  const c10::cuda::CUDAGuard guard(pred.device());
+  return mse_forward_cuda(op, red, pred, clean, noise, at::Tensor());
+}
+
+std::tuple<at::Tensor, at::Tensor> rf_mse_with_grad_cuda(const at::Tensor& pred,
+                                                         const at::Tensor& clean,
+                                                         const at::Tensor& noise,
+                                                         c10::string_view reduction) {
+  constexpr const char* op = "rf_mse_with_grad";
+  const Reduction red = check_rf_mse(op, pred, clean, noise, reduction);
+  const c10::cuda::CUDAGuard guard(pred.device());
+  at::Tensor g = at::empty({pred.size(0), pred.size(1)}, pred.options());  // (N, D)
+  at::Tensor loss = mse_forward_cuda(op, red, pred, clean, noise, g.numel() ? g : at::Tensor());
+  return {loss, g};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_cuda(
@@ -161,6 +188,7 @@ TORCH_LIBRARY_IMPL(procpaint, CUDA, m) {
   m.impl("rf_interpolate", &rf_interpolate_cuda);
   m.impl("rf_interpolate_backward", &rf_interpolate_backward_cuda);
   m.impl("rf_mse", &rf_mse_cuda);
+  m.impl("rf_mse_with_grad", &rf_mse_with_grad_cuda);
   m.impl("rf_mse_backward", &rf_mse_backward_cuda);
   m.impl("euler_step", &euler_step_cuda);
   m.impl("euler_step.dt_tensor", &euler_step_tensor_cuda);

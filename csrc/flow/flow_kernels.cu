@@ -5,7 +5,8 @@
 // VEC consecutive elements (16 bytes) when every pointer, row stride and D allow it, else one.
 // Row reductions (the loss, grad_t) are xor-shuffles inside the group; the reduced loss adds a
 // block reduction into a per-block partial and a one-block final pass (fixed order: the result
-// does not change between runs). Accumulation is float32 throughout.
+// does not change between runs). Accumulation is float32 throughout. rf_mse_with_grad is the
+// loss kernel storing, from the values it already holds, the loss's gradient w.r.t. pred.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -122,10 +123,13 @@ __global__ void interp_bwd_kernel(const T* __restrict__ gr, int64_t ldg, const T
   }
 }
 
+// gp (optional, contiguous (N, D)): also store gscale * (pred - target), the loss's gradient
+// w.r.t. pred for an upstream grad of 1, from the values the loss reads.
 template <typename T, int V>
 __global__ void mse_fwd_kernel(const T* __restrict__ p, int64_t ldp, const T* __restrict__ c,
                                int64_t ldc, const T* __restrict__ nz, int64_t ldn, int64_t n,
-                               int64_t d, int g, float* __restrict__ rows, float* __restrict__ partial) {
+                               int64_t d, int g, float* __restrict__ rows, float* __restrict__ partial,
+                               T* __restrict__ gp, float gscale) {
   const Map m(g);
   const float inv_d = 1.0f / static_cast<float>(d);
   float acc = 0.0f;  // this thread's share of the block partial (lane 0 of each group)
@@ -135,11 +139,14 @@ __global__ void mse_fwd_kernel(const T* __restrict__ p, int64_t ldp, const T* __
     for (int64_t j = static_cast<int64_t>(m.lane) * V; row < n && j < d; j += static_cast<int64_t>(g) * V) {
       const Pack<T, V> a = load<T, V>(p + row * ldp + j), b = load<T, V>(c + row * ldc + j),
                        e = load<T, V>(nz + row * ldn + j);
+      Pack<T, V> q;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         const float diff = to_f(a.v[k]) - (to_f(e.v[k]) - to_f(b.v[k]));  // pred - target
         s += diff * diff;
+        q.v[k] = from_f<T>(gscale * diff);
       }
+      if (gp != nullptr) store<T, V>(gp + row * d + j, q);
     }
     s = group_sum(s, g);
     if (row < n && m.lane == 0) {
@@ -299,24 +306,47 @@ int rf_mse_num_blocks(int64_t n, int64_t d) {
   return plan<float>(n, d, {}, {}, 4).blocks;
 }
 
-cudaError_t launch_rf_mse(DType dt, const void* pred, int64_t ldp, const void* clean, int64_t ldc,
-                          const void* noise, int64_t ldn, int64_t n, int64_t d, int reduction,
-                          float* out, float* workspace, cudaStream_t stream) {
+namespace {
+
+// rf_mse's loss; grad_pred (nullptr: none) also gets the gradient for an upstream grad of 1.
+cudaError_t mse_forward(DType dt, const void* pred, int64_t ldp, const void* clean, int64_t ldc,
+                        const void* noise, int64_t ldn, int64_t n, int64_t d, int reduction,
+                        float* out, float* workspace, void* grad_pred, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const int nb = rf_mse_num_blocks(n, d);  // grid fixed by (n, d, device): deterministic sums
+  // d(mean_D (pred - target)^2)/d pred = 2 (pred - target) / D, times 1/N for "mean".
+  const float gscale = 2.0f / static_cast<float>(d) / (reduction == 1 ? static_cast<float>(n) : 1.0f);
   cudaError_t err = by_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    const Shape s = plan<T>(n, d, {pred, clean, noise}, {ldp, ldc, ldn}, 4);
+    const Shape s = plan<T>(n, d, {pred, clean, noise, grad_pred}, {ldp, ldc, ldn}, 4);
     float* rows = reduction == 0 ? out : nullptr;
     PP_LAUNCH_VEC(s.vec, mse_fwd_kernel, reduction == 0 ? s.blocks : nb, stream,
                   static_cast<const T*>(pred), ldp, static_cast<const T*>(clean), ldc,
-                  static_cast<const T*>(noise), ldn, n, d, s.g, rows, workspace);
+                  static_cast<const T*>(noise), ldn, n, d, s.g, rows, workspace,
+                  static_cast<T*>(grad_pred), gscale);
     return cudaGetLastError();
   });
   if (err != cudaSuccess || reduction == 0) return err;
   const double scale = 1.0 / static_cast<double>(d) / (reduction == 1 ? static_cast<double>(n) : 1.0);
   mse_finalize_kernel<<<1, kThreads, 0, stream>>>(workspace, nb, scale, out);
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_rf_mse(DType dt, const void* pred, int64_t ldp, const void* clean, int64_t ldc,
+                          const void* noise, int64_t ldn, int64_t n, int64_t d, int reduction,
+                          float* out, float* workspace, cudaStream_t stream) {
+  return mse_forward(dt, pred, ldp, clean, ldc, noise, ldn, n, d, reduction, out, workspace,
+                     nullptr, stream);
+}
+
+cudaError_t launch_rf_mse_with_grad(DType dt, const void* pred, int64_t ldp, const void* clean,
+                                    int64_t ldc, const void* noise, int64_t ldn, int64_t n,
+                                    int64_t d, int reduction, float* out, float* workspace,
+                                    void* grad_pred, cudaStream_t stream) {
+  return mse_forward(dt, pred, ldp, clean, ldc, noise, ldn, n, d, reduction, out, workspace,
+                     grad_pred, stream);
 }
 
 cudaError_t launch_rf_mse_backward(DType dt, const float* grad, int64_t grad_stride, float base,

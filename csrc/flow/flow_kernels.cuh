@@ -45,6 +45,13 @@ cudaError_t launch_rf_mse(DType dt, const void* pred, int64_t ldp, const void* c
                           const void* noise, int64_t ldn, int64_t n, int64_t d, int reduction,
                           float* out, float* workspace, cudaStream_t stream);
 
+// launch_rf_mse, and in the same pass grad_pred (N, D) contiguous = 2 (pred - target) / D (also
+// / N for reduction 1): the loss's gradient w.r.t. pred for an upstream grad of 1.
+cudaError_t launch_rf_mse_with_grad(DType dt, const void* pred, int64_t ldp, const void* clean,
+                                    int64_t ldc, const void* noise, int64_t ldn, int64_t n,
+                                    int64_t d, int reduction, float* out, float* workspace,
+                                    void* grad_pred, cudaStream_t stream);
+
 // g = base * grad[i * grad_stride] * (pred - (noise - clean)); writes g to grad_pred and
 // grad_clean and -g to grad_noise (each may be nullptr). grad_stride: 0 (scalar) or 1 (rows).
 cudaError_t launch_rf_mse_backward(DType dt, const float* grad, int64_t grad_stride, float base,

@@ -32,6 +32,16 @@ at::Tensor rf_mse_meta(const at::Tensor& pred, const at::Tensor& clean, const at
   return red == kNone ? at::empty({pred.size(0)}, f32) : at::empty({}, f32);
 }
 
+std::tuple<at::Tensor, at::Tensor> rf_mse_with_grad_meta(const at::Tensor& pred,
+                                                         const at::Tensor& clean,
+                                                         const at::Tensor& noise,
+                                                         c10::string_view reduction) {
+  const Reduction red = check_rf_mse("rf_mse_with_grad", pred, clean, noise, reduction);
+  auto f32 = pred.options().dtype(at::kFloat);
+  return {red == kNone ? at::empty({pred.size(0)}, f32) : at::empty({}, f32),
+          at::empty_like(pred, at::MemoryFormat::Contiguous)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rf_mse_backward_meta(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& clean, const at::Tensor& noise,
     c10::string_view reduction, std::array<bool, 3> mask) {
@@ -59,6 +69,7 @@ TORCH_LIBRARY_IMPL(procpaint, Meta, m) {
   m.impl("rf_interpolate", &rf_interpolate_meta);
   m.impl("rf_interpolate_backward", &rf_interpolate_backward_meta);
   m.impl("rf_mse", &rf_mse_meta);
+  m.impl("rf_mse_with_grad", &rf_mse_with_grad_meta);
   m.impl("rf_mse_backward", &rf_mse_backward_meta);
   m.impl("euler_step", &euler_step_meta);
   m.impl("euler_step.dt_tensor", &euler_step_tensor_meta);

@@ -60,6 +60,25 @@ FLOW_TARGET inline void load8(const c10::BFloat16* x, F8& v) {  // bf16 -> f32: 
 }
 FLOW_TARGET inline void load8(const c10::Half* x, F8& v) { load8(x, 8, v); }
 
+// v[0 : m] -> x[0 : m], m <= 8, each lane rounded once with from_f.
+template <typename T>
+FLOW_TARGET inline void store8(T* x, int64_t m, const F8& v) {
+  float tmp[8];
+  std::memcpy(tmp, &v, sizeof v);
+  for (int64_t l = 0; l < m; ++l) x[l] = from_f<T>(tmp[l]);
+}
+FLOW_TARGET inline void store8(float* x, const F8& v) { std::memcpy(x, &v, sizeof v); }
+FLOW_TARGET inline void store8(c10::BFloat16* x, const F8& v) {  // from_f's rounding, 8 lanes
+  U32x8 u;
+  std::memcpy(&u, &v, sizeof u);
+  U32x8 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const U32x8 nan = (U32x8)(v != v);  // lane mask: all ones where v is NaN (a bit cast)
+  r = (r & ~nan) | (nan & 0x7fc0u);
+  const U16x8 h = __builtin_convertvector(r, U16x8);
+  std::memcpy(x, &h, sizeof h);
+}
+FLOW_TARGET inline void store8(c10::Half* x, const F8& v) { store8(x, 8, v); }
+
 // acc += (u - (n - c))^2 if kSquare (the loss; u = pred), else (n - c) u (grad_t; u = grad).
 template <bool kSquare>
 FLOW_TARGET inline void add_term(const F8& u, const F8& n, const F8& c, F8& acc) {
@@ -139,6 +158,42 @@ FLOW_TARGET double mse_rows(In<T> p, In<T> c, In<T> nz, float* rows, float inv_d
   return acc;
 }
 
+// mse_rows, and in the same sweep g = base (pred - target) stored to g (contiguous (N, D)): the
+// gradient of the loss w.r.t. pred for an upstream grad of 1. The loss is summed exactly as in
+// row_sum<true> (same lanes, same tree), so it is bit-equal to mse_rows; g is bit-equal to
+// mse_bwd_rows with g[i] = 1 (same float32 product, one rounding).
+template <typename T>
+FLOW_TARGET double mse_grad_rows(In<T> p, In<T> c, In<T> nz, float* rows, float inv_d, float base,
+                                 T* g, int64_t d, int64_t b, int64_t e) {
+  double acc = 0.0;
+  for (int64_t i = b; i < e; ++i) {
+    const T* pi = p.row(i);
+    const T* ci = c.row(i);
+    const T* ni = nz.row(i);
+    T* gi = g + i * d;
+    F8 sq = {}, vp, vn, vc;
+    int64_t j = 0;
+    for (; j + 8 <= d; j += 8) {
+      load8(pi + j, vp), load8(ni + j, vn), load8(ci + j, vc);
+      const F8 x = vp - (vn - vc);  // pred - target
+      sq += x * x;
+      const F8 gv = x * base;
+      store8(gi + j, gv);
+    }
+    if (j < d) {
+      load8(pi + j, d - j, vp), load8(ni + j, d - j, vn), load8(ci + j, d - j, vc);
+      const F8 x = vp - (vn - vc);  // zero in the padded lanes
+      sq += x * x;
+      const F8 gv = x * base;
+      store8(gi + j, d - j, gv);
+    }
+    const float s = ((sq[0] + sq[4]) + (sq[1] + sq[5])) + ((sq[2] + sq[6]) + (sq[3] + sq[7]));
+    if (rows) rows[i] = s * inv_d;
+    acc += s;
+  }
+  return acc;
+}
+
 // grad_pred = grad_clean = scale_i (pred - target), grad_noise = -grad_pred, scale_i = base *
 // g[i * gstride]; every requested gradient is written in the same sweep (null = skip).
 template <typename T>
@@ -185,5 +240,6 @@ FLOW_TARGET void euler_rows(const T* x, const T* v, const float* dt, int64_t dst
 
 template <typename T>
 RowKernels<T> row_kernels() {
-  return {&interp_rows<T>, &interp_bwd_rows<T>, &mse_rows<T>, &mse_bwd_rows<T>, &euler_rows<T>};
+  return {&interp_rows<T>, &interp_bwd_rows<T>, &mse_rows<T>, &mse_grad_rows<T>, &mse_bwd_rows<T>,
+          &euler_rows<T>};
 }

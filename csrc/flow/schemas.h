@@ -26,8 +26,13 @@ inline void define_flow_ops(torch::Library& m) {
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // MSE of pred against target = noise - clean, recomputed on the fly; float32 result.
   m.def("rf_mse(Tensor pred, Tensor clean, Tensor noise, str reduction) -> Tensor");
+  // The training forward: (rf_mse's loss, bit-equal; g (N, D) in pred's dtype) where g = d loss /
+  // d pred for an upstream grad of 1 (2 (pred - target) / D per token, also / N for "mean"),
+  // written in the pass that reduces the loss. The autograd of rf_mse saves g and only scales it.
+  m.def("rf_mse_with_grad(Tensor pred, Tensor clean, Tensor noise, str reduction) -> (Tensor, Tensor)");
   // (grad_pred, grad_clean = grad_pred, grad_noise = -grad_pred), one fused pass that recomputes
-  // the target; grad is () for "mean"/"sum" and (N,) for "none", float32.
+  // the target; grad is () for "mean"/"sum" and (N,) for "none", float32. (The backward of a
+  // direct rf_mse call; the public rf_mse takes rf_mse_with_grad when pred requires grad.)
   m.def(
       "rf_mse_backward(Tensor grad, Tensor pred, Tensor clean, Tensor noise, str reduction, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");

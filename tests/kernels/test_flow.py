@@ -5,11 +5,15 @@ per-image timesteps, edge cases, error messages and the timestep distribution.""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.library import opcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from procpaint.kernels import flow
 
@@ -125,12 +129,18 @@ def _mse_same_dtype(p, c, n, reduction):
     return per if reduction == "none" else (per.mean() if reduction == "mean" else per.sum())
 
 
+@pytest.mark.parametrize("upstream", ["one", "other"])
 @pytest.mark.parametrize("reduction", flow.REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (1025, 67)])
-def test_mse_grads(native, n, d, dtype, reduction):
+def test_mse_grads(native, n, d, dtype, reduction, upstream):
+    """The training path (rf_mse_with_grad: pred requires grad) against the reference's autograd,
+    for an upstream grad of exactly 1 (the saved gradient returned as is) and another one."""
     tensors = _inputs(n, d, dtype)
-    up = torch.rand(n) if reduction == "none" else torch.tensor(1.7)
+    if upstream == "one":
+        up = torch.ones(n) if reduction == "none" else torch.tensor(1.0)
+    else:
+        up = torch.rand(n) if reduction == "none" else torch.tensor(1.7)
 
     def run(fn, cast, up_dtype):
         leaves = [x.detach().to(cast).requires_grad_() for x in tensors]
@@ -152,6 +162,108 @@ def test_mse_backward_subsets(native):
     gp, _, gn = OPS.rf_mse_backward(g, p, c, n, "mean", [True, False, True])
     torch.testing.assert_close(gn, -gp)
     torch.testing.assert_close(gp, 2 * (p - (n - c)) / p.numel())
+
+
+_WITH_GRAD_SCRIPT = """
+import sys, torch
+from procpaint import _ext
+_ext.require()
+O, bad = torch.ops.procpaint, []
+for dt in (torch.float32, torch.bfloat16, torch.float16):
+    for n, d in ((1, 1), (7, 3), (33, 64), (1025, 67)):
+        g = torch.Generator().manual_seed(n + d)
+        p, c, x = (torch.randn(n, d, generator=g).to(dt) for _ in range(3))
+        p[0, 0] = float("nan") if n * d > 8 else p[0, 0]  # NaN rounds to NaN in the vector store
+        for red in ("none", "mean", "sum"):
+            loss, gp = O.rf_mse_with_grad(p, c, x, red)
+            one = torch.ones(n) if red == "none" else torch.tensor(1.0)
+            ref = O.rf_mse_backward(one, p, c, x, red, [True, False, False])[0]
+            if not (torch.equal(loss.nan_to_num(7.0), O.rf_mse(p, c, x, red).nan_to_num(7.0))
+                    and torch.equal(gp.nan_to_num(7.0), ref.nan_to_num(7.0))
+                    and gp.isnan().sum() == ref.isnan().sum()):
+                bad.append((str(dt), n, d, red))
+print(O.flow_cpu_isa(), bad)
+assert not bad, bad
+"""
+
+
+@pytest.mark.parametrize("isa", ["", "baseline"])
+def test_mse_with_grad_is_bit_equal_to_the_two_pass_ops(native, isa):
+    """rf_mse_with_grad's loss is rf_mse's and its gradient is rf_mse_backward's for an upstream
+    grad of 1, bit for bit, on the CPU's own build of the row kernels and on the baseline one
+    (PROCPAINT_FLOW_ISA is read once per process: a subprocess each)."""
+    env = {**os.environ, "PROCPAINT_FLOW_ISA": isa}
+    proc = subprocess.run([sys.executable, "-c", _WITH_GRAD_SCRIPT], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split()[0] == (isa or OPS.flow_cpu_isa())
+
+
+class _OpLog(TorchDispatchMode):
+    """Names of the ops that reach the dispatcher below autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def _log(fn):
+    with _OpLog() as log:
+        out = fn()
+    return out, log.names
+
+
+def test_mse_gradient_buffer_only_when_pred_requires_grad(native):
+    """No (N, D) gradient buffer without grad; with it, one forward op and a backward that does
+    no pass at all for loss.backward() (upstream 0-d 1.0 on CPU)."""
+    p, c, n = _inputs(33, 8, torch.bfloat16)
+    _, names = _log(lambda: flow.rf_mse(p, c, n))  # pred does not require grad
+    assert "procpaint::rf_mse" in names and "procpaint::rf_mse_with_grad" not in names
+    leaf = p.detach().requires_grad_()
+    with torch.no_grad():
+        _, names = _log(lambda: flow.rf_mse(leaf, c, n))
+    assert "procpaint::rf_mse" in names and "procpaint::rf_mse_with_grad" not in names
+    # clean / noise alone require grad: the two-pass path (nothing saved but the inputs)
+    c_leaf = c.detach().requires_grad_()
+    loss, names = _log(lambda: flow.rf_mse(p, c_leaf, n))
+    assert "procpaint::rf_mse_with_grad" not in names
+    _, names = _log(lambda: loss.backward())
+    assert "procpaint::rf_mse_backward" in names
+    torch.testing.assert_close(c_leaf.grad, OPS.rf_mse_backward(torch.tensor(1.0), p, c, n, "mean",
+                                                                [True, False, False])[0])
+    # pred requires grad: loss and gradient in one op; backward with exactly 1 runs nothing
+    loss, names = _log(lambda: flow.rf_mse(leaf, c, n))
+    assert names.count("procpaint::rf_mse_with_grad") == 1 and "procpaint::rf_mse" not in names
+    _, names = _log(lambda: loss.backward())
+    assert not [x for x in names if x.startswith("procpaint::") or x in ("aten::mul.Tensor", "aten::mul.out")]
+    loss2, g = OPS.rf_mse_with_grad(p, c, n, "mean")
+    assert torch.equal(leaf.grad, g) and torch.equal(loss.detach(), loss2)
+    # any other upstream grad: one multiply, no kernel
+    leaf.grad = None
+    loss = flow.rf_mse(leaf, c, n, reduction="none")
+    up = torch.rand(33)
+    _, names = _log(lambda: loss.backward(up))
+    assert not [x for x in names if x.startswith("procpaint::")]
+    assert [x for x in names if x.startswith("aten::mul")] == ["aten::mul.out"]
+    g_none = OPS.rf_mse_with_grad(p, c, n, "none")[1]
+    assert torch.equal(leaf.grad, (g_none.float() * up[:, None]).bfloat16())  # float32, one rounding
+
+
+def test_mse_repeated_backward_accumulates(native):
+    """The saved gradient may become pred.grad itself (no copy): backward again through a retained
+    graph must still accumulate the right values, not scale the saved buffer in place."""
+    p, c, n = _inputs(17, 9, torch.float32)
+    leaf = p.detach().requires_grad_()
+    loss = flow.rf_mse(leaf, c, n, reduction="sum")
+    for _ in range(3):
+        loss.backward(retain_graph=True)
+    ref = p.detach().requires_grad_()
+    torch.autograd.backward(flow.rf_mse_ref(ref, c, n, "sum"))
+    torch.testing.assert_close(leaf.grad, 3 * ref.grad)
 
 
 # --------------------------------------------------------------------------- per image, edges
@@ -212,6 +324,11 @@ def _opcheck_samples():
     yield OPS.rf_mse.default, (p.detach().half(), c.detach().half(), n.detach().half(), "none")
     yield OPS.rf_mse_backward.default, (torch.rand(37), p.detach(), c.detach(), n.detach(), "none",
                                         [True, True, True])
+    for red in flow.REDUCTIONS:
+        yield OPS.rf_mse_with_grad.default, (p, c, n, red)
+    yield OPS.rf_mse_with_grad.default, (p.detach().bfloat16().requires_grad_(), c.detach().bfloat16(),
+                                         n.detach().bfloat16(), "mean")
+    yield OPS.rf_mse_with_grad.default, (e.requires_grad_(), e, e, "sum")
     yield OPS.euler_step.default, (p, c, 0.25)
     yield OPS.euler_step.dt_tensor, (p, c, torch.rand(37, requires_grad=True))
 
@@ -222,7 +339,8 @@ def test_opcheck_all_ops(native):
         opcheck(op, args)
         seen.add(op._name)
     assert seen == {"procpaint::rf_interpolate", "procpaint::rf_interpolate_backward",
-                    "procpaint::rf_mse", "procpaint::rf_mse_backward", "procpaint::euler_step",
+                    "procpaint::rf_mse", "procpaint::rf_mse_backward", "procpaint::rf_mse_with_grad",
+                    "procpaint::euler_step",
                     "procpaint::euler_step.dt_tensor"}
 
 
@@ -295,6 +413,12 @@ NATIVE_BAD_CALLS = [
     (lambda c, n: OPS.rf_mse_backward(torch.ones(5, device=c.device).double(), c, c, n, "none",
                                       [True, True, True]),
      TypeError, "rf_mse_backward: grad must be float32"),
+    (lambda c, n: OPS.rf_mse_with_grad(c, c, n, "avg"),
+     ValueError, "rf_mse_with_grad: reduction must be 'none', 'mean' or 'sum'"),
+    (lambda c, n: OPS.rf_mse_with_grad(c, c.bfloat16(), n, "sum"),
+     TypeError, "rf_mse_with_grad: clean must have the dtype of pred"),
+    (lambda c, n: OPS.rf_mse_with_grad(c, c, n[:, :2], "none"),
+     ValueError, "rf_mse_with_grad: noise must have the shape of pred"),
     (lambda c, n: OPS.euler_step(c, n[:2], 0.1), ValueError, "euler_step: v must have the shape of x"),
     (lambda c, n: OPS.euler_step(c.int(), n.int(), 0.1), TypeError, "euler_step: x must be float32"),
 ]
