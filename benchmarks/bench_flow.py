@@ -13,6 +13,10 @@ noise; write the gradient in the pass that reduces the loss), and a backward tha
 (upstream grad exactly 1: the saved gradient is returned as is): 7 N D, against 10 N D when the
 backward re-read pred, clean and noise.
 
+A second table times the two ops as training calls them, each alone: ``rf_interpolate`` in the
+model's forward and ``rf_mse`` forward + backward in the loss (the transformer runs between them,
+so no implementation can fuse them), fused vs ``torch.compile`` of that op's reference.
+
 Peak extra memory: allocations beyond the step's outputs (z_t, grad, loss). CPU: every CPU
 allocator event recorded by torch.profiler(profile_memory=True), summed in time order, peak of
 that minus the outputs (the fused loss's O(N / 512) chunk partials live on the C++ stack/heap
@@ -130,6 +134,36 @@ def bench_config(n, d, dtype, device, compile_ref=True):
     return rows, must_move, copy_gbs
 
 
+def bench_split(n, d, dtype, device, compile_ref=True):
+    """The two ops as training calls them: ``rf_interpolate`` in the model's forward (z_t feeds the
+    transformer) and ``rf_mse`` forward + backward in the loss (pred comes out of the transformer),
+    so nothing can fuse the two; each timed alone for fused / eager ref / compiled ref.
+    -> {op: {impl: seconds}}."""
+    g = torch.Generator(device=device.type).manual_seed(0)
+    clean, noise, pred = (torch.randn(n, d, generator=g, device=device).to(dtype) for _ in range(3))
+    pred.requires_grad_()
+    t = flow.sample_timesteps(n, generator=g, device=device)  # (N,) float32
+
+    def mse_step(fn):
+        def step():
+            loss = fn(pred, clean, noise)
+            return torch.autograd.grad(loss, pred)[0]  # (N, D)
+        return step
+
+    impls = {"fused": (lambda: flow.rf_interpolate(clean, noise, t), mse_step(flow.rf_mse)),
+             "eager ref": (lambda: flow.rf_interpolate_ref(clean, noise, t), mse_step(flow.rf_mse_ref))}
+    if compile_ref:
+        torch._dynamo.reset()
+        ci, cm = torch.compile(flow.rf_interpolate_ref), torch.compile(flow.rf_mse_ref)
+        impls["compiled ref"] = (lambda: ci(clean, noise, t), mse_step(cm))
+    out = {"interpolate": {}, "mse fwd+bwd": {}, "both (training step)": {}}
+    for name, (interp, mse) in impls.items():
+        out["interpolate"][name] = time_it(interp, device)
+        out["mse fwd+bwd"][name] = time_it(mse, device)
+        out["both (training step)"][name] = out["interpolate"][name] + out["mse fwd+bwd"][name]
+    return out
+
+
 def cpu_isa(native: bool) -> str:
     """Which build of the CPU row kernels runs (csrc/flow/flow_cpu.cpp picks it from the CPU's
     features; PROCPAINT_FLOW_ISA=baseline forces the baseline), plus the CPU's AVX2 flag."""
@@ -196,13 +230,34 @@ def main(argv=None):
                         f"{must_move / copy_gbs / 1e6:.3f} | | | {copy_gbs:.2f} | 100% | | |")
                 lines.append(line)
                 print(line, flush=True)
+    split_header = ("| N | D | dtype | op | fused ms | compiled ref ms | eager ref ms | fused x compiled "
+                    "| fused x eager |\n|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    split_lines = []
+    print("\nAs training calls them (each op alone; nothing fuses interpolate with the loss):")
+    print(split_header)
+    for dtype in (torch.float32, torch.bfloat16):
+        for d in ds:
+            for n in ns:
+                res = bench_split(n, d, dtype, device, not a.no_compile)
+                for op, times in res.items():
+                    fz, ea = times["fused"], times["eager ref"]
+                    co = times.get("compiled ref", float("nan"))
+                    line = (f"| {n} | {d} | {str(dtype).removeprefix('torch.')} | {op} | {fz * 1e3:.3f} | "
+                            f"{co * 1e3:.3f} | {ea * 1e3:.3f} | {co / fz:.2f} | {ea / fz:.2f} |")
+                    split_lines.append(line)
+                    print(line, flush=True)
     if a.out:
         cmd = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
         body = (f"# bench_flow ({device.type})\n\n- date: {datetime.date.today().isoformat()}\n"
                 f"- machine: {machine()} (1-min load average at start: {load:.1f})\n"
                 f"- torch: {torch.__version__}\n- command: `{cmd}`\n"
                 f"- native kernels: {native}\n- CPU kernel ISA: {isa}\n- targets: {TARGETS}\n\n"
-                f"{header}\n" + "\n".join(lines) + "\n")
+                "## One step: interpolate + loss forward + backward in one graph\n\n"
+                "The compiled reference compiles both ops as one graph here, so it reads clean and noise "
+                "once for both; training cannot (pred comes out of the transformer, which z_t feeds).\n\n"
+                f"{header}\n" + "\n".join(lines) + "\n\n"
+                "## As training calls them: each op alone (fused vs compiled ref of that op)\n\n"
+                f"{split_header}\n" + "\n".join(split_lines) + "\n")
         tmp = a.out + ".tmp"
         with open(tmp, "w") as f:
             f.write(body)

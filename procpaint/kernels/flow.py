@@ -115,6 +115,7 @@ def _mse_grad_setup(ctx, inputs, output):
     _, g = output  # (N, D), d loss / d pred for an upstream grad of 1
     ctx.reduction = reduction
     ctx.mark_non_differentiable(g)
+    ctx.set_materialize_grads(False)  # g's upstream grad stays None: no (N, D) zeros per backward
     ctx.save_for_backward(g)
 
 
@@ -129,6 +130,8 @@ def _is_exactly_one(grad: torch.Tensor) -> bool:
 def _mse_grad_backward(ctx, grad, _grad_g):
     (g,) = ctx.saved_tensors  # (N, D) in pred's dtype
     need = ctx.needs_input_grad[:3]
+    if grad is None:  # the loss itself got no gradient (materialization is off)
+        return None, None, None, None
     if _is_exactly_one(grad):
         gp = g  # no pass at all
     else:  # one multiply in float32, rounded once to g's dtype; grad (N,) for "none", else ()
