@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from procpaint.inference import GenerationConfig, Generator, load_generator  # noqa: E402
+from procpaint.inference import GenerationConfig, Painter, load_generator  # noqa: E402
 from procpaint.model import build_model, flops_per_token, model_config  # noqa: E402
 from procpaint.sequence.tokenizer import TextTokenizer, build_word_level  # noqa: E402
 from procpaint.world import vocabulary  # noqa: E402
@@ -66,7 +66,7 @@ def scripted(script: list[int]):
     return proc
 
 
-def timed(gen: Generator, prompts, cfg, script, repeats: int):
+def timed(gen: Painter, prompts, cfg, script, repeats: int):
     """Best-of-``repeats`` wall time of one generate call, and its results."""
     best, res = float("inf"), None
     for _ in range(repeats):
@@ -104,7 +104,7 @@ def main() -> None:
         mcfg = model_config(args.preset, vocab_size=tok.vocab_size, attn_backend="sdpa", patch_size=4)
         model = build_model(mcfg, device=args.device)
         torch.nn.init.normal_(model.llm2vae.weight, std=0.02)
-        gen = Generator(model.eval(), tok, image_size=args.image_size)
+        gen = Painter(model.eval(), tok, image_size=args.image_size)
         scripts = {k: encode(tok, s) for k, s in SCRIPTS.items()}
     cfg = GenerationConfig(num_steps=args.steps, max_text_tokens=64)
     rows = []

@@ -37,7 +37,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
 from procpaint import _ext
-from procpaint.kernels import packing as P
+from procpaint.kernels import masks as P
 
 TARGETS = ("block_mask at L=33K: >= 1000x faster than eager create_block_mask on CPU and faster than "
            "torch.compile'd create_block_mask after warm-up; dense attention_mask at L=16K writing at "

@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from procpaint.kernels.packing import attention_mask
+from procpaint.kernels.masks import attention_mask
 from procpaint.model import apply_activation_checkpointing, build_model, flops_per_token, model_config
 from procpaint.sequence.packing import Packer
 from procpaint.sequence.tokenizer import TextTokenizer, build_word_level

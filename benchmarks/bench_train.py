@@ -35,7 +35,7 @@ def concat(batches: list[PackedBatch]) -> PackedBatch:
     fields: dict = {k: [] for k in asdict(batches[0]) if k not in ("stats",)}
     off = img = 0
     for b in batches:
-        for k in ("text_indexes", "latent_indexes", "ce_indexes", "und_indexes", "gen_indexes"):
+        for k in ("text_indexes", "latent_indexes", "ce_indexes"):
             fields[k].append(getattr(b, k) + off)
         fields["latent_image_ids"].append(b.latent_image_ids + img)
         for k in ("text_ids", "position_ids", "latent_patch_ids", "latent_timesteps", "latent_noised",

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 def prompt_reading(export: str, data: str, images: int = 8, times=(0.95, 0.7, 0.4), seed: int = 0) -> dict:
     from procpaint.datasets import TrajectoryDataset
     from procpaint.inference import load_generator
-    from procpaint.inference.engine import Engine, ImageSeg, Query, TextSeg
+    from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan
 
     gen = load_generator(export)
     model = gen.model.eval()
@@ -48,7 +48,7 @@ def prompt_reading(export: str, data: str, images: int = 8, times=(0.95, 0.7, 0.
             zt = t * noise + (1 - t) * clean
             for j, (prompt, _) in enumerate(pairs):
                 ids = gen.tok.encode(prompt)
-                (hid,) = engine.run([Query([TextSeg(ids, 0), ImageSeg(zt, t, len(ids), (h, w), noise=True)])])
+                (hid,) = engine.run([Query([TextSpan(ids, 0), ImageSpan(zt, t, len(ids), (h, w), noise=True)])])
                 v = model.predict_velocity(hid[-h * w - 1:-1], zt, t)
                 mse[i, j] = ((v - (noise - clean)) ** 2).mean()
         n = len(pairs)

@@ -26,6 +26,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Under pytest-xdist (`-n 2`, the README's test command) each worker runs one torch thread, and the
+# processes tests start inherit that: two workers on two cores, not four threads fighting for them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:

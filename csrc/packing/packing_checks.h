@@ -2,7 +2,7 @@
 // (packing_cuda.cpp) and Meta (packing_meta.cpp) implementations. Error types follow
 // common/checks.h. What needs the metadata's values (positive lengths, equal sums, no split
 // crossing a sample) is checked where the values are on the host: the CPU kernels (prepare in
-// packing_cpu.cpp) and the Python front end (procpaint/kernels/packing.py), which runs before
+// packing_cpu.cpp) and the Python front end (procpaint/kernels/masks.py), which runs before
 // the CUDA kernels; those stay memory-safe on bad metadata.
 #pragma once
 #include <ATen/core/Tensor.h>

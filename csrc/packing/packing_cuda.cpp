@@ -3,7 +3,7 @@
 // the CUDA registrations. Kernels: packing_kernels.cu. Built only in CUDA builds.
 //
 // Value checks (positive lengths, equal sums, no split crossing a sample) would need a device
-// -> host copy; the Python front end (procpaint/kernels/packing.py) performs them on the host
+// -> host copy; the Python front end (procpaint/kernels/masks.py) performs them on the host
 // before calling. The kernels stay memory-safe on bad metadata: every lookup is clamped and
 // every write is bounded by seq_len.
 #include <ATen/ATen.h>

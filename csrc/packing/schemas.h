@@ -4,7 +4,7 @@
 // packing_cuda.cpp: CUDA); all three run the checks of packing_checks.h.
 //
 // split_lens / sample_lens: integer 1-D tensors on the target device; split_modes: integer codes
-// 0 = causal, 1 = full, 2 = noise (procpaint/kernels/packing.py). seq_len = sum(split_lens) = L.
+// 0 = causal, 1 = full, 2 = noise (procpaint/kernels/masks.py). seq_len = sum(split_lens) = L.
 //   attention_mask     -> (L, L) bool, True = may attend
 //   attention_bias     -> (L, L) `dtype`, 0 = may attend, -inf = masked (SDPA / xformers form)
 //   *_out              -> the same written into a caller's contiguous (L, L) buffer: a training

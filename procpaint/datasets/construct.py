@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..world.critique_grammar import Critique, critique_text
+from ..world.critiques import Critique, critique_text
 from ..world.edit import EditError, apply_ops
-from ..world.grammar import OP_NAMES, Add, SetAttr, Swap, plan_text, prompt_text, refine_text
 from ..world.judge import compare_plan, compare_state
+from ..world.language import OP_NAMES, Add, SetAttr, Swap, plan_text, prompt_text, refine_text
 from ..world.prompts import TAGS, sample_split_prompt
 from ..world.scene import COLORS, INVERSE, SHAPES, SIZES, Obj, Placed, State, realize, relation_holds
 from .config import BuildConfig
@@ -222,7 +222,7 @@ def trajectory(cfg: BuildConfig, rng: np.random.Generator, prng: random.Random,
 
 
 def op_names(t: Trajectory) -> list[str]:
-    from ..world.grammar import parse_refine
+    from ..world.language import parse_refine
     names = []
     for rd in t.rounds:
         names += [OP_NAMES[type(o)] for o in rd.ops]

@@ -12,9 +12,9 @@ import random
 
 import numpy as np
 
-from ..world.critique_grammar import critique_text
-from ..world.grammar import refine_text
+from ..world.critiques import critique_text
 from ..world.judge import compare_state
+from ..world.language import refine_text
 from ..world.registry import build
 from .config import BuildConfig
 from .construct import Reject, Round, flawed_draft, op_names, perturb_plan, plan_critique, trajectory
@@ -102,7 +102,7 @@ def _conflict(w: _Writer, cfg, rng, prng, positive):
     if got is None:
         raise Reject("no contradicting perturbation applies")
     bad, ops, crit, fix, kinds = got
-    from ..world.grammar import plan_text
+    from ..world.language import plan_text
     w.text(plan_text(ops, bad.spec(), prng), "plan", False)
     w.text(critique_text(crit, prng), "critique", True)
     w.text(refine_text(fix, prng), "refine", True)

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..world.critique_grammar import critique_text
+from ..world.critiques import critique_text
 from ..world.edit import EditError, apply_ops
-from ..world.grammar import OP_NAMES, ParseError, parse_plan, prompt_text
 from ..world.judge import compare_state
+from ..world.language import OP_NAMES, ParseError, parse_plan, prompt_text
 from ..world.prompts import sample_split_prompt
 from ..world.scene import State, realize
 from .construct import Reject, draw_tag

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..io import atomic_write
 from ..sequence.tokenizer import TextTokenizer, build_word_level
-from ..world.grammar import vocabulary
+from ..world.language import vocabulary
 from ..world.scene import BACKGROUND, COLORS, GRID, SHAPES, SIZES
 from . import self_sample
 from .config import BUILDER_REVISION, FORMAT_VERSION, SELF_KEYS, SUBSETS, BuildConfig
@@ -158,7 +158,7 @@ def dataset_vocabulary() -> list[str]:
     The knowledge words never occur in training text (their embeddings stay as initialised); they are
     in the vocabulary so that every checkpoint trained on a built dataset can read that benchmark.
     """
-    from ..evaluation.knowledge import vocabulary as knowledge_vocabulary
+    from ..world.facts import vocabulary as knowledge_vocabulary
 
     return sorted({*vocabulary(), *knowledge_vocabulary()})
 

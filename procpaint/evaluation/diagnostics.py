@@ -16,7 +16,7 @@ per image:
     draft vs prompt      the first image passes the benchmark's rule for the prompt;
     critique             every (draft, critique) pair: what the critique says ("the image matches the
                          plan ..." fine, "the image does not match the plan ..." wrong, anything else
-                         unreadable, :func:`~procpaint.world.critique_grammar.parse_critique`) against
+                         unreadable, :func:`~procpaint.world.critiques.parse_critique`) against
                          the judge's verdict of that draft vs its round's plan; a confusion matrix, and
                          accuracy where an unreadable critique is never right;
     refine success       of the drafts the judge finds wrong vs their plan, the share whose round has
@@ -39,10 +39,10 @@ import sys
 from pathlib import Path
 
 from ..io import atomic_write, write_image
-from ..world.critique_grammar import parse_critique
+from ..world.critiques import parse_critique
 from ..world.detect import Detector, state_of
-from ..world.grammar import parse_plan
 from ..world.judge import compare_plan, compare_state
+from ..world.language import parse_plan
 from ..world.scene import Spec
 from .geneval import spec_from_json
 from .layout import iter_samples, prompt_dir, read_costs, read_image, read_jsonl

@@ -42,7 +42,7 @@ from functools import cache
 import numpy as np
 
 from ..world.detect import Detection, Detector
-from ..world.grammar import prompt_text
+from ..world.language import prompt_text
 from ..world.prompts import is_heldout, prompt_key
 from ..world.render import inside, unit_stats
 from ..world.scene import (

@@ -3,11 +3,11 @@
 The analogue of the paper's "BAGEL + GPT inspector" row, and an upper bound for the Inspect step: with
 it, a process model that still does not improve cannot *fix* its mistakes; without it (the model's own
 critique), one that does not improve may only fail to *see* them. ``train/evaluate.py --mode oracle``
-runs process mode with it (``Generator.generate(..., critic=OracleInspector())``).
+runs process mode with it (``Painter.generate(..., critic=OracleInspector())``).
 
 The draft is read by the same detector that scores images, turned into a scene (``detect.state_of``)
 and compared with the plan's ``<des>`` scene by ``judge.compare_state``: the critique is the training
-data's wording of that verdict (``critique_grammar.critique_text``, deterministic). A plan that does not
+data's wording of that verdict (``critiques.critique_text``, deterministic). A plan that does not
 parse is replaced by the prompt's scene; when neither parses (a knowledge prompt with a garbled plan)
 the verdict is the plain "does not match" (nothing matches an unreadable plan).
 """
@@ -17,14 +17,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..io import to_uint8
-from ..world.critique_grammar import Critique, critique_text
+from ..world.critiques import Critique, critique_text
 from ..world.detect import Detector, state_of
-from ..world.grammar import NUMBERS, ParseError, parse_plan, parse_prompt
 from ..world.judge import compare_state
+from ..world.language import NUMBERS, ParseError, parse_plan, parse_prompt
 
 
 class OracleInspector:
-    """A ``procpaint.inference.generator.Critic``: (prompt, plan text, draft) -> critique text."""
+    """A ``procpaint.inference.painter.Critic``: (prompt, plan text, draft) -> critique text."""
 
     def __init__(self, detector: Detector | None = None):
         self.detector = detector or Detector()

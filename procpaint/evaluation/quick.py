@@ -9,12 +9,17 @@ exactly what ``train/evaluate.py --benchmark geneval`` does from files, without 
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from procpaint.evaluation import geneval
 from procpaint.io import to_uint8, write_image
 
-__all__ = ["contact_sheet", "evaluate_model", "format_summary", "stratified_metadata"]
+__all__ = ["contact_sheet", "evaluate_model", "exact_verdict", "format_summary", "quick_eval",
+           "stratified_metadata"]
 
 
 def stratified_metadata(n: int, seed: int = 0, tags=geneval.GENEVAL_TAGS) -> list[dict]:
@@ -42,11 +47,11 @@ def evaluate_model(model, tokenizer, metas: list[dict], config, *, image_size: i
     -> (GenEval summary: per-tag accuracy, ``overall`` and ``images``; the TrajectoryResults; the
     verdicts). The model is put in eval mode and given back in the mode it was in.
     """
-    from procpaint.inference import Generator
+    from procpaint.inference import Painter
 
     was_training = model.training
     try:
-        gen = Generator(model, tokenizer, image_size=image_size)
+        gen = Painter(model, tokenizer, image_size=image_size)
         results = []
         for s in range(0, len(metas), batch_size):
             results += gen.generate([m["prompt"] for m in metas[s: s + batch_size]], config)
@@ -55,6 +60,34 @@ def evaluate_model(model, tokenizer, metas: list[dict], config, *, image_size: i
     verdicts = score_results(results, metas)
     rows = [{"tag": m["tag"], "correct": ok} for m, ok in zip(metas, verdicts)]
     return geneval.summarize(rows), results, verdicts
+
+
+def quick_eval(model, tokenizer, *, image_size: int, config, n: int = 48, seed: int = 0,
+               sheet: str | Path | None = None) -> dict:
+    """GenEval-rule accuracy on ``n`` held-out prompts spread over the six tags (the closing eval of
+    ``train/fit.py``) with ``config`` (a GenerationConfig); ``sheet``: also write their contact sheet
+    there (PNG). -> the summary, prompt counts, share that drew an image, forward passes, sampling."""
+    metas = stratified_metadata(n, seed=seed)
+    summary, results, verdicts = evaluate_model(model, tokenizer, metas, replace(config, seed=seed),
+                                                image_size=image_size)
+    if sheet is not None:
+        contact_sheet(results, verdicts, sheet)
+    return {"geneval": summary, "prompts": len(metas), "distinct_prompts": len({m["prompt"] for m in metas}),
+            "drew_image": float(np.mean([r.final_image is not None for r in results])),
+            "forward_passes": float(np.mean([r.forward_passes for r in results])),
+            "sampling": {"mode": config.mode, "num_steps": config.num_steps,
+                         "cfg_text_scale": config.cfg_text_scale, "cfg_image_scale": config.cfg_image_scale}}
+
+
+def exact_verdict(result, detector=None) -> bool:
+    """Whether a TrajectoryResult's final image shows exactly its prompt's scene (the detected scene
+    satisfies the prompt's scene graph; False when it drew none): the TensorBoard strips' verdict."""
+    from procpaint.world import Detector, parse_prompt, satisfies
+
+    if result.final_image is None:
+        return False
+    detector = detector or Detector()
+    return satisfies(detector.state(to_uint8(result.final_image)), parse_prompt(result.prompt))
 
 
 def format_summary(summary: dict) -> str:

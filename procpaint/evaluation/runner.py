@@ -218,7 +218,7 @@ def generate_dir(generator, metadata: list[dict], outdir: Path, config, *, image
     (:func:`~procpaint.evaluation.layout.stage_path`) and records its path, relative to the prompt
     folder, as ``image`` in that stage of the trajectories.jsonl record (what
     :mod:`procpaint.evaluation.diagnostics` reads); samples kept from an earlier run keep their records.
-    ``critic``: an inspector other than the model (``Generator.generate(critic=...)``, e.g.
+    ``critic``: an inspector other than the model (``Painter.generate(critic=...)``, e.g.
     :class:`procpaint.evaluation.oracle.OracleInspector`).
     Returns {"generated": n, "skipped": n}.
     """

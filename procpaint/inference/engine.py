@@ -10,7 +10,7 @@ projections, MLPs: one matmul over every query's tokens). Attention is per query
 
     cache part:  the first ``limit`` rows of its owner's cache (its context so far)
     new part:    the mask rule within the query's own splits (causal text, a full/noise split sees
-                 itself whole, nobody else sees a noise split; ``kernels.packing.attention_mask``
+                 itself whole, nobody else sees a noise split; ``kernels.masks.attention_mask``
                  with the query as one sample), never another query's tokens
 
 so a text-CFG branch reads a *prefix* of its trajectory's cache through ``limit`` (the context as it
@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from procpaint.kernels import packing
+from procpaint.kernels import masks
 from procpaint.kernels.modes import Mode
 from procpaint.model import ProcPaintModel, Routing
 
 
 @dataclass
-class TextSeg:
+class TextSpan:
     ids: list[int]                    # token ids
     pos0: int                         # RoPE id of the first token
 
@@ -51,7 +51,7 @@ class TextSeg:
 
 
 @dataclass
-class ImageSeg:
+class ImageSpan:
     z: torch.Tensor                   # (h*w, D_lat) float32 latents at flow time t
     t: float                          # 1 = noise, 0 = clean
     pos: int                          # the split's one RoPE id
@@ -63,12 +63,12 @@ class ImageSeg:
         return self.grid[0] * self.grid[1] + 2
 
 
-Seg = TextSeg | ImageSeg
+Seg = TextSpan | ImageSpan
 
 
 def seg_mode(seg: Seg) -> Mode:
     """The attention mode of a split."""
-    if isinstance(seg, TextSeg):
+    if isinstance(seg, TextSpan):
         return Mode.CAUSAL
     return Mode.NOISE if seg.noise else Mode.FULL
 
@@ -263,7 +263,7 @@ class Engine:
         for q in queries:
             for seg in q.segs:
                 k = seg.num_tokens
-                if isinstance(seg, TextSeg):
+                if isinstance(seg, TextSpan):
                     ids += seg.ids
                     text_at.append(torch.arange(n, n + k))
                     pos.append(torch.arange(seg.pos0, seg.pos0 + k))
@@ -303,7 +303,7 @@ class Engine:
             if len(lens) == 1 and (modes[0] != Mode.CAUSAL or lens[0] == 1):
                 self._masks[key] = None               # one full/noise split, or one text token
             else:
-                mask = packing.attention_mask(list(lens), list(modes), [sum(lens)])
+                mask = masks.attention_mask(list(lens), list(modes), [sum(lens)])
                 self._masks[key] = None if bool(mask.all()) else mask.to(self.device)
             if len(self._masks) > 4096:               # no-cache contexts grow without bound
                 self._masks.pop(next(iter(self._masks)))
@@ -345,7 +345,7 @@ class Engine:
         """Indexes of a writing query's non-noise tokens (noise splits are never cached)."""
         keep, n = [], 0
         for s in q.segs:
-            if not (isinstance(s, ImageSeg) and s.noise):
+            if not (isinstance(s, ImageSpan) and s.noise):
                 keep.append(torch.arange(n, n + s.num_tokens))
             n += s.num_tokens
         return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)

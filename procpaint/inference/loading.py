@@ -1,4 +1,4 @@
-"""``load_generator``: a :class:`Generator` from what ``train/fit.py`` writes.
+"""``load_generator``: a :class:`Painter` from what ``train/fit.py`` writes.
 
 Accepted:
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from procpaint.inference.generator import Generator
+from procpaint.inference.painter import Painter
 from procpaint.model import ModelConfig, build_model
 from procpaint.sequence.tokenizer import TextTokenizer
 
@@ -127,8 +127,8 @@ def _read_export(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int, dic
         _tokenizer(str(path / "tokenizer.json"), str(path / "tokenizer.json"), True), image_size, sampling
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """A :class:`Generator` from a ``.ckpt`` file or an export directory, on ``device``."""
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Painter:
+    """A :class:`Painter` from a ``.ckpt`` file or an export directory, on ``device``."""
     dev = resolve_device(device)
     path = Path(path)
     if not path.exists():
@@ -152,4 +152,4 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         raise CheckpointError(f"{path}: weights do not fit the model config: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
     model.requires_grad_(False).eval()
-    return Generator(model, tok, image_size=image_size, source=str(path), sampling=sampling)
+    return Painter(model, tok, image_size=image_size, source=str(path), sampling=sampling)

@@ -1,1 +1,2 @@
-"""Fused ops with pure-PyTorch references: packing masks (``packing``) and rectified-flow ops."""
+"""Fused ops with pure-PyTorch references: attention masks of packed sequences (``masks``) and
+rectified-flow ops (``flow``)."""

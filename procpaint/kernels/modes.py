@@ -2,7 +2,7 @@
 
 ``Mode`` members are strings ("causal", "full", "noise": what ``PackedBatch.attn_modes`` and the
 sequence planner hold, equal to the plain strings) with an int ``code``: the value the native mask
-kernels take, mirrored by ``enum Mode`` in csrc/packing/packing_rule.h (tests/kernels/test_packing.py
+kernels take, mirrored by ``enum Mode`` in csrc/packing/packing_rule.h (tests/kernels/test_masks.py
 checks that they agree). The rule itself: docs/ARCHITECTURE.md, "Mask semantics".
 """
 

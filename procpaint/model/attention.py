@@ -1,7 +1,7 @@
 """Attention backends over one packed sequence.
 
 The mask (docs/ARCHITECTURE.md, "Mask semantics") is built once per forward from the split
-metadata by ``procpaint.kernels.packing`` and wrapped in an :class:`AttnContext` that every layer
+metadata by ``procpaint.kernels.masks`` and wrapped in an :class:`AttnContext` that every layer
 shares.
 :func:`attend` then runs one of:
 
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from procpaint.kernels import packing
+from procpaint.kernels import masks
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _sdpa_groups(split_lens, attn_modes, sample_lens, device, group_tokens: int 
         if len(group) == 1 and all(m == "causal" for m in modes):
             mask = None                        # one all-causal sample: is_causal, no mask tensor
         else:
-            mask = packing.attention_mask(lens, modes, [sum(ls) for _, ls, _ in group], device=device)
+            mask = masks.attention_mask(lens, modes, [sum(ls) for _, ls, _ in group], device=device)
         blocks.append((start, end, start, end, mask))
         group.clear()
 
@@ -227,10 +227,10 @@ def build_attention(backend: str, split_lens: list[int], attn_modes: list[str], 
     if backend == "sdpa":
         return AttnContext("sdpa", L, L, blocks=_sdpa_groups(split_lens, attn_modes, sample_lens, device))
     if backend == "flex":
-        bm = packing.block_mask(split_lens, attn_modes, sample_lens, device=device)
+        bm = masks.block_mask(split_lens, attn_modes, sample_lens, device=device)
         return AttnContext("flex", L, L, block_mask=bm)
     if backend == "xformers":
-        mask = packing.attention_mask(split_lens, attn_modes, sample_lens, device=device)
+        mask = masks.attention_mask(split_lens, attn_modes, sample_lens, device=device)
         return AttnContext("xformers", L, L, bias=_aligned_bias(mask, dtype))
     causal, segs = _flash_layout(split_lens, attn_modes, sample_lens, num_real_tokens)
     cu = torch.tensor([0, *segs], device=device, dtype=torch.int32).cumsum(0, dtype=torch.int32)

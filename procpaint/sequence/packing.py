@@ -91,8 +91,8 @@ class Packer:
                  max_tokens_per_sample: int | None = None, overflow_buffer: int = 64,
                  p_drop_text: float = 0.0, p_drop_image: float = 0.0, timestep_shift: float = 1.0,
                  timestep_logit_std: float = 1.0, timestep_mix_frac: float = 0.0,
-                 timestep_mix_shift: float = 1.0, max_wait_packs: int | None = None, pad_to_budget: bool = True,
-                 max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt", "plan"),
+                 timestep_mix_shift: float = 1.0, max_wait_packs: int | None = None,
+                 pad_to_budget: bool = True, max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt", "plan"),
                  seed: int = 0):
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -351,7 +351,6 @@ class Packer:
             latent_patch_ids=cat(lambda la: la.latent_rows * (Wm // ppt) + la.latent_cols),
             latent_timesteps=latent_timesteps, latent_noised=noised, images=images,
             ce_indexes=cat(lambda la: la.ce_offsets, offs), ce_labels=cat(lambda la: la.ce_labels),
-            und_indexes=text_indexes.clone(), gen_indexes=latent_indexes.clone(),
             num_real_tokens=real, num_samples=len(lens), stats=stats,
         )
 

@@ -80,11 +80,20 @@ class PackedBatch:
     images: torch.Tensor               # (I, 3, H, W) float32 in [-1, 1]
     ce_indexes: torch.Tensor           # (C,) int64 positions whose output predicts ce_labels
     ce_labels: torch.Tensor            # (C,) int64 target token ids
-    und_indexes: torch.Tensor          # (L - N,) int64 positions routed to the understanding expert
-    gen_indexes: torch.Tensor          # (N,) int64 positions routed to the generation expert
     num_real_tokens: int = 0           # tokens of real samples (L minus padding)
     num_samples: int = 0               # real samples in the pack
     stats: dict = field(default_factory=dict)  # packing efficiency, skipped samples, ...
+
+    @property
+    def und_indexes(self) -> torch.Tensor:
+        """(L - N,) positions routed to the understanding expert (BAGEL's name): the text tokens. When
+        ViT tokens are packed (issue 13) they join these; today they are ``text_indexes`` itself."""
+        return self.text_indexes
+
+    @property
+    def gen_indexes(self) -> torch.Tensor:
+        """(N,) positions routed to the generation expert (BAGEL's name): ``latent_indexes`` itself."""
+        return self.latent_indexes
 
     @property
     def mse_indexes(self) -> torch.Tensor:

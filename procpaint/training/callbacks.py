@@ -1,41 +1,28 @@
-"""Training callbacks: sampled trajectories in TensorBoard, and the quick evaluation that
-``train/fit.py`` prints at the end.
+"""Training callbacks: sampled trajectories in TensorBoard.
 
-Both run the real Plan -> Sketch -> Inspect -> Refine loop (procpaint.inference) on the module's
-current weights and judge the final image with the world's weight-free detector: the closing eval
-with GenEval's rules on held-out prompts of all six tags (procpaint.evaluation.quick), the
-trajectory strips exactly (the detected scene satisfies the prompt's scene graph).
+They run the real Plan -> Sketch -> Inspect -> Refine loop (procpaint.inference) on the module's
+current weights and judge each final image exactly (procpaint.evaluation.quick.exact_verdict: the
+detected scene satisfies the prompt's scene graph). The closing eval ``train/fit.py`` prints is
+procpaint.evaluation.quick.quick_eval: scoring lives in evaluation/.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 
 from procpaint.evaluation import geneval
-from procpaint.evaluation.quick import contact_sheet, evaluate_model, stratified_metadata
-from procpaint.inference import GenerationConfig, Generator, TrajectoryResult, render_strip
-from procpaint.io import to_uint8
+from procpaint.evaluation.quick import exact_verdict, stratified_metadata
+from procpaint.inference import GenerationConfig, Painter, TrajectoryResult, render_strip
 from procpaint.model.parallel import is_sharded
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.training.sharding import PARAM_DTYPES, unsharded_model
-from procpaint.world import Detector, parse_prompt, satisfies
+from procpaint.world import Detector
 
 log = logging.getLogger(__name__)
-
-
-def judge(result: TrajectoryResult, detector: Detector | None = None) -> bool:
-    """Whether the trajectory's final image shows exactly the prompt's scene (False if no image)."""
-    image = result.final_image
-    if image is None:
-        return False
-    detector = detector or Detector()
-    return satisfies(detector.state(to_uint8(image)), parse_prompt(result.prompt))
 
 
 @torch.no_grad()
@@ -46,26 +33,9 @@ def generate_with(module: L.LightningModule, tokenizer: TextTokenizer, prompts: 
     model = module.model if isinstance(module, L.LightningModule) else module
     was_training = model.training
     try:
-        return Generator(model, tokenizer, image_size=image_size).generate(prompts, config)
+        return Painter(model, tokenizer, image_size=image_size).generate(prompts, config)
     finally:
         model.train(was_training)
-
-
-def quick_eval(module, tokenizer: TextTokenizer, *, image_size: int, config: GenerationConfig, n: int = 48,
-               seed: int = 0, sheet: str | Path | None = None) -> dict:
-    """GenEval-rule accuracy on ``n`` held-out prompts spread over the six tags (the closing eval of
-    ``train/fit.py``); ``sheet``: also write their contact sheet there (PNG)."""
-    model = module.model if isinstance(module, L.LightningModule) else module
-    metas = stratified_metadata(n, seed=seed)
-    summary, results, verdicts = evaluate_model(model, tokenizer, metas, replace(config, seed=seed),
-                                                image_size=image_size)
-    if sheet is not None:
-        contact_sheet(results, verdicts, sheet)
-    return {"geneval": summary, "prompts": len(metas), "distinct_prompts": len({m["prompt"] for m in metas}),
-            "drew_image": float(np.mean([r.final_image is not None for r in results])),
-            "forward_passes": float(np.mean([r.forward_passes for r in results])),
-            "sampling": {"mode": config.mode, "num_steps": config.num_steps,
-                         "cfg_text_scale": config.cfg_text_scale, "cfg_image_scale": config.cfg_image_scale}}
 
 
 def default_val_prompts(seed: int = 0) -> list[str]:
@@ -115,7 +85,7 @@ class TrajectoryLogger(L.Callback):
         for i, r in enumerate(results):
             strip = np.asarray(render_strip(r))
             writer.add_image(f"trajectory/{i}", strip, step, dataformats="HWC")
-            ok = judge(r, self.detector)
+            ok = exact_verdict(r, self.detector)
             right.append(ok)
             lines = [f"**prompt**: {r.prompt}", f"**end**: {r.end_reason}, **detector**: "
                      f"{'right' if ok else 'wrong'}"]

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from procpaint.config import Config, config_from_dict
-from procpaint.kernels.packing import mean_keys_per_query
+from procpaint.kernels.masks import mean_keys_per_query
 from procpaint.model.config import ModelConfig
 from procpaint.model.factory import flops_per_token, matmul_peak_flops
 from procpaint.model.parallel import global_grad_norm, local

@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from procpaint.config import Config, ConfigError, to_yaml
-from procpaint.evaluation.quick import format_summary
-from procpaint.training.callbacks import TrajectoryLogger, default_val_prompts, quick_eval
+from procpaint.evaluation.quick import format_summary, quick_eval
+from procpaint.training.callbacks import TrajectoryLogger, default_val_prompts
 from procpaint.training.datamodule import ProcPaintDataModule
 from procpaint.training.module import ProcPaintModule, check_finite_weights
 from procpaint.training.sharding import fsdp_strategy, is_sharded, unsharded_model

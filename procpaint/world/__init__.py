@@ -1,9 +1,10 @@
 """The procedural painting world: scene graphs, text grammar, renderer, detector, symbolic judge."""
 
-from .critique_grammar import Critique, Error, critique_text, parse_critique
+from .critiques import Critique, Error, critique_text, parse_critique
 from .detect import Detection, Detector
 from .edit import EditError, apply_op, apply_ops
-from .grammar import (
+from .judge import SymbolicJudge, compare_plan, compare_state
+from .language import (
                       Add,
                       Op,
                       ParseError,
@@ -21,7 +22,6 @@ from .grammar import (
                       refine_text,
                       vocabulary,
 )
-from .judge import SymbolicJudge, compare_plan, compare_state
 from .prompts import TAGS, heldout_prompts, is_heldout, sample_prompt
 from .registry import build, import_path
 from .render import Renderer

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from .grammar import Add, Op, Remove, Replace, SetAttr, Swap
+from .language import Add, Op, Remove, Replace, SetAttr, Swap
 from .scene import COLORS, Obj, Placed, State, relation_holds
 
 

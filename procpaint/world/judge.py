@@ -17,9 +17,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .critique_grammar import Critique, Error, critique_text
+from .critiques import Critique, Error, critique_text
 from .detect import Detector
-from .grammar import Add, Remove, Replace, SetAttr, Swap, parse_plan, parse_prompt, refine_text
+from .language import Add, Remove, Replace, SetAttr, Swap, parse_plan, parse_prompt, refine_text
 from .scene import INVERSE, Obj, Spec, State, relation_holds
 
 

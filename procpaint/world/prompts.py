@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-from .grammar import prompt_text
+from .language import prompt_text
 from .scene import COLORS, RELATIONS, SHAPES, SIZES, Obj, Spec
 
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr", "composite")

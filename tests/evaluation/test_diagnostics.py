@@ -15,8 +15,8 @@ import torch
 
 from procpaint.evaluation import diagnostics, geneval, layout, runner
 from procpaint.inference.types import GenerationConfig, Stage, TrajectoryResult
-from procpaint.world.critique_grammar import Critique, Error, critique_text
-from procpaint.world.grammar import Add, plan_text, refine_text
+from procpaint.world.critiques import Critique, Error, critique_text
+from procpaint.world.language import Add, plan_text, refine_text
 from procpaint.world.render import to_tensor_range
 from procpaint.world.scene import BACKGROUND, SHAPES, Obj, Spec
 

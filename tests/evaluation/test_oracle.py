@@ -8,7 +8,7 @@ import torch
 
 from procpaint.evaluation.oracle import OracleInspector
 from procpaint.world import Renderer, realize
-from procpaint.world.grammar import parse_prompt
+from procpaint.world.language import parse_prompt
 from procpaint.world.render import to_tensor_range
 
 PROMPT = "a photo of a red circle"
@@ -36,7 +36,7 @@ def test_oracle_says_what_the_judge_sees():
 
 def test_generator_feeds_the_critic_text_after_each_draft():
     """The critic's words become the critique stage verbatim (fed, not sampled); the model continues."""
-    from procpaint.inference import GenerationConfig, Generator
+    from procpaint.inference import GenerationConfig, Painter
     from procpaint.model import build_model, model_config
     from procpaint.sequence.tokenizer import TextTokenizer, build_word_level
     from procpaint.world import vocabulary
@@ -44,7 +44,7 @@ def test_generator_feeds_the_critic_text_after_each_draft():
     tok = TextTokenizer(build_word_level(vocabulary()))
     torch.manual_seed(0)
     model = build_model(model_config("debug", vocab_size=tok.vocab_size, attn_backend="sdpa", patch_size=4))
-    gen = Generator(model.eval(), tok, image_size=16)
+    gen = Painter(model.eval(), tok, image_size=16)
     plan, vs, eos = tok.encode(PLAN) + [tok.vision_start_id], [tok.vision_start_id], [tok.eos_id]
     refine = tok.encode("<refine> make it blue </refine>")
     calls = []

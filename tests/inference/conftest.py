@@ -14,7 +14,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from procpaint.inference import Generator
+from procpaint.inference import Painter
 from procpaint.model import build_model, model_config
 from procpaint.sequence.tokenizer import TextTokenizer, build_word_level
 from procpaint.world import vocabulary
@@ -35,8 +35,8 @@ def model(tok):
 
 
 @pytest.fixture(scope="session")
-def gen(model, tok) -> Generator:
-    return Generator(model, tok, image_size=16)        # 4 x 4 latent tokens
+def gen(model, tok) -> Painter:
+    return Painter(model, tok, image_size=16)        # 4 x 4 latent tokens
 
 
 def encode_script(tok: TextTokenizer, parts: list[str]) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from procpaint.inference import grammar as G
+from procpaint.inference import decoding as G
 from procpaint.inference.engine import BranchCache
 from procpaint.inference.sampler import cfg_active, combine_cfg, schedule
 
@@ -83,14 +83,14 @@ def test_engine_queries_of_one_owner_in_one_call(model, tok):
     """Two writers and a prefix reader of one owner in one call: each sees the cache as it was before
     the call plus only its own tokens (never another query's), and both writers' rows are kept in
     query order — the same numbers as running the queries one by one."""
-    from procpaint.inference.engine import Engine, ImageSeg, Query, TextSeg
+    from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan
 
     ids = tok.encode("a photo of a red circle")
     z = torch.randn(16, model.cfg.latent_dim, generator=torch.Generator().manual_seed(0))
-    prefix = [TextSeg(ids, 0), ImageSeg(z, 0.0, len(ids), (4, 4), noise=False)]
-    a = [TextSeg(tok.encode("the image matches"), len(ids) + 1)]
-    b = [TextSeg(tok.encode("add a circle"), len(ids) + 1)]
-    reader = [ImageSeg(z * 0.5, 0.7, len(ids), (4, 4), noise=True)]
+    prefix = [TextSpan(ids, 0), ImageSpan(z, 0.0, len(ids), (4, 4), noise=False)]
+    a = [TextSpan(tok.encode("the image matches"), len(ids) + 1)]
+    b = [TextSpan(tok.encode("add a circle"), len(ids) + 1)]
+    reader = [ImageSpan(z * 0.5, 0.7, len(ids), (4, 4), noise=True)]
 
     def primed() -> Engine:
         e = Engine(model, tok.vision_start_id, tok.vision_end_id)

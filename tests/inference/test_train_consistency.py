@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from procpaint.inference.engine import Engine, ImageSeg, Query, TextSeg
+from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan
 from procpaint.sequence.packing import Packer
 from procpaint.sequence.types import ImageSegment, Sample, TextSegment
 
@@ -46,14 +46,14 @@ def _engine_segments(b, model, times: dict[int, float], noise_z: dict[int, torch
             break
         pos = int(b.position_ids[start])
         if mode == "causal":
-            segs.append(TextSeg([text_at[p] for p in range(start, start + n)], pos))
+            segs.append(TextSpan([text_at[p] for p in range(start, start + n)], pos))
         else:
             image = img_of[start + 1]
             rows = [lat_row[p] for p in range(start + 1, start + n - 1)]
             if mode == "noise":
-                segs.append(ImageSeg(noise_z[image], times[image], pos, (h, w), noise=True))
+                segs.append(ImageSpan(noise_z[image], times[image], pos, (h, w), noise=True))
             else:
-                segs.append(ImageSeg(clean[rows], 0.0, pos, (h, w), noise=False))
+                segs.append(ImageSpan(clean[rows], 0.0, pos, (h, w), noise=False))
         start += n
     return segs
 

@@ -89,7 +89,7 @@ def build_pack(samples, images: torch.Tensor, *, ppt: int = 2, pad: int = 0, see
         latent_indexes=li(lat_idx), latent_image_ids=li(lat_img), latent_patch_ids=li(lat_patch),
         latent_timesteps=torch.tensor(lat_t, dtype=torch.float32),
         latent_noised=torch.tensor(lat_noised, dtype=torch.bool), images=images,
-        ce_indexes=li(ce_idx), ce_labels=li(ce_lab), und_indexes=li(text_idx), gen_indexes=li(lat_idx),
+        ce_indexes=li(ce_idx), ce_labels=li(ce_lab),
         num_real_tokens=real, num_samples=len(samples),
     )
 

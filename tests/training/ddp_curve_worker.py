@@ -50,8 +50,8 @@ def merge(a: PackedBatch, b: PackedBatch) -> PackedBatch:
         position_ids=cat("position_ids"), latent_indexes=cat("latent_indexes", la),
         latent_image_ids=cat("latent_image_ids", ia), latent_patch_ids=cat("latent_patch_ids"),
         latent_timesteps=cat("latent_timesteps"), latent_noised=cat("latent_noised"), images=cat("images"),
-        ce_indexes=cat("ce_indexes", la), ce_labels=cat("ce_labels"), und_indexes=cat("und_indexes", la),
-        gen_indexes=cat("gen_indexes", la), num_real_tokens=a.num_real_tokens + b.num_real_tokens,
+        ce_indexes=cat("ce_indexes", la), ce_labels=cat("ce_labels"),
+        num_real_tokens=a.num_real_tokens + b.num_real_tokens,
         num_samples=a.num_samples + b.num_samples)
 
 

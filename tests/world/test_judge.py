@@ -21,7 +21,7 @@ from procpaint.world import (
     realize,
     sample_prompt,
 )
-from procpaint.world.grammar import describe
+from procpaint.world.language import describe
 from procpaint.world.scene import Obj, Spec, State
 
 

@@ -12,7 +12,7 @@ import pytest
 from procpaint.datasets.construct import flawed_draft
 from procpaint.evaluation import geneval
 from procpaint.world import Detector, Renderer, SymbolicJudge, compare_state, realize, sample_prompt
-from procpaint.world.grammar import describe
+from procpaint.world.language import describe
 from procpaint.world.scene import (
     GRID,
     RELATIONS,

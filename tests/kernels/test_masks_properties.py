@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import and_masks, create_block_mask, or_masks
 
-from procpaint.kernels import _packing_ref as ref
-from procpaint.kernels import packing as P
+from procpaint.kernels import _masks_ref as ref
+from procpaint.kernels import masks as P
 
 MAX_L = 4096 if os.environ.get("HYPOTHESIS_PROFILE") == "dev" else 512
 MODE_NAMES = list(P.MODES)

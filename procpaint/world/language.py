@@ -369,7 +369,7 @@ def parse_refine(text: str) -> tuple[Op, ...]:
 
 def vocabulary() -> list[str]:
     """Every word (and punctuation mark) the grammar can emit, sorted; tags are special tokens."""
-    from . import critique_grammar  # the critique templates live beside their parser
+    from . import critiques  # the critique templates live beside their parser
 
     words = {*COLORS, *SHAPES, *PLURALS.values(), *SIZES, *NUMBERS, ",", ".", ":",
              "a", "an", "the", "is", "then", "and", "of", "to", "with", "into", "empty", "canvas",
@@ -380,6 +380,6 @@ def vocabulary() -> list[str]:
     for ps in REL_PHRASES.values():
         for p in ps:
             words.update(p.split())
-    words.update(critique_grammar.WORDS)
+    words.update(critiques.WORDS)
     assert set(RELATIONS) <= set(REL_PHRASES)
     return sorted(words)

@@ -1,6 +1,6 @@
 """Unit tests of the packing masks: a hand-checked example, op registration (opcheck, Meta),
 torch.compile, FlexAttention vs SDPA, input validation, and the CUDA kernels (marked `cuda`).
-The randomized spec lives in test_packing_properties.py."""
+The randomized spec lives in test_masks_properties.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from procpaint.kernels import packing as P
+from procpaint.kernels import masks as P
 
 # text(3, causal) | image to generate(2, noise) | same image as context(2, full) | text(2, causal)
 # then a second sample: text(2, causal)
@@ -231,8 +231,8 @@ def test_one_mode_definition_mirrored_by_the_cpp_header():
     import re
     from pathlib import Path
 
+    from procpaint.kernels.masks import MODES
     from procpaint.kernels.modes import Mode
-    from procpaint.kernels.packing import MODES
 
     header = (Path(__file__).resolve().parents[2] / "csrc/packing/packing_rule.h").read_text()
     enum = re.search(r"enum Mode : int32_t \{([^}]*)\}", header).group(1)

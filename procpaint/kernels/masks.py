@@ -16,7 +16,7 @@ Public functions (sequences of ints or 1-D int tensors; modes as strings or MODE
 
 Each routes to ``torch.ops.procpaint.*`` (csrc/packing/, CPU + CUDA) when the extension has a
 kernel for the device, else to the pure-PyTorch references (``attention_mask_ref``,
-``block_mask_ref``; op-level ones in ``_packing_ref``). Validation (:func:`validate`) runs on
+``block_mask_ref``; op-level ones in ``_masks_ref``). Validation (:func:`validate`) runs on
 the host and raises ``ValueError`` naming the problem. ``block_mask`` never evaluates
 the rule on L*L pairs: blocks are classified from split boundaries (see packing_rule.h) and its
 tensors equal ``create_block_mask(mask_mod(...), None, None, L, L, BLOCK_SIZE=block_size)``'s.
@@ -31,7 +31,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from procpaint import _ext
-from procpaint.kernels import _packing_ref as ref
+from procpaint.kernels import _masks_ref as ref
 from procpaint.kernels.modes import Mode
 
 MODES: dict[str, int] = {m.value: m.code for m in Mode}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .grammar import (
+from .language import (
     NUMBERS,
     REL_PHRASES,
     ParseError,

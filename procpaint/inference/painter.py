@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from procpaint.inference import grammar as G
-from procpaint.inference.engine import Engine, ImageSeg, Query, TextSeg
+from procpaint.inference import decoding as G
+from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan
 from procpaint.inference.sampler import cfg_active, combine_cfg, euler_step, schedule
 from procpaint.inference.types import GenerationConfig, Stage, TrajectoryResult
 from procpaint.model import ProcPaintModel
@@ -46,7 +46,7 @@ class _Traj:
     result: TrajectoryResult
     gen: torch.Generator
     pending: list[int]                          # text tokens the next call feeds
-    segments: list = field(default_factory=list)  # committed main context (TextSeg / clean ImageSeg)
+    segments: list = field(default_factory=list)  # committed main context (TextSpan / clean ImageSpan)
     pos: int = 0                                # next RoPE id
     n_tokens: int = 0                           # committed tokens (= main cache serial)
     cut: tuple[int, int, int] = (0, 0, 0)       # (segments, tokens, pos) at the last image: text CFG
@@ -72,7 +72,7 @@ class _Traj:
         return 2 * self.idx + 1
 
 
-class Generator:
+class Painter:
     """A loaded model + tokenizer that turns prompts into :class:`TrajectoryResult` s."""
 
     def __init__(self, model: ProcPaintModel, tokenizer: TextTokenizer, *, image_size: int, source: str = "",
@@ -134,7 +134,7 @@ def trajectory_seed(seed: int, prompt: str) -> int:
 class _Run:
     """State of one ``generate`` call."""
 
-    def __init__(self, g: Generator, cfg: GenerationConfig, grid: tuple[int, int], proc, critic=None):
+    def __init__(self, g: Painter, cfg: GenerationConfig, grid: tuple[int, int], proc, critic=None):
         self.g, self.cfg, self.grid, self.proc, self.critic = g, cfg, grid, proc, critic
         self.cached = cfg.use_cache
         self.gram = g.grammars[cfg.constrained]
@@ -176,7 +176,7 @@ class _Run:
         elif branch == "text":
             ctx = tr.segments[: tr.cut[0]]
         else:                                           # images removed; their RoPE ids stay skipped
-            ctx = [s for s in tr.segments if isinstance(s, TextSeg)]
+            ctx = [s for s in tr.segments if isinstance(s, TextSpan)]
         return Query([*ctx, *new])
 
     def _tick(self, active: list[_Traj]) -> None:
@@ -184,7 +184,7 @@ class _Run:
         for tr in active:
             start = len(queries)
             if tr.phase in ("text", "prefill"):
-                new = TextSeg(list(tr.pending), tr.pos)
+                new = TextSpan(list(tr.pending), tr.pos)
                 queries.append(self._query(tr, "main", [new], write=True))
                 if self.cached and tr.img_branch and self.cfg.cfg_image_scale != 1.0:
                     queries.append(self._query(tr, "img", [new], write=True))
@@ -198,7 +198,7 @@ class _Run:
             else:                                       # commit the clean image
                 if self.cached and tr.images == 0 and self.cfg.cfg_image_scale != 1.0:
                     self.engine.cache.fork(tr.main, tr.img)
-                clean = ImageSeg(tr.x, 0.0, tr.pos, self.grid, noise=False)
+                clean = ImageSpan(tr.x, 0.0, tr.pos, self.grid, noise=False)
                 queries.append(self._query(tr, "main", [clean], write=True))
             spans.append((start, len(queries)))
         t0 = time.perf_counter()
@@ -226,17 +226,17 @@ class _Run:
             done = [o for t in active if t.phase == "done" for o in (t.main, t.img)]
             self.engine.cache.drop(done)
 
-    def _noised(self, tr: _Traj, pos: int) -> ImageSeg:
-        return ImageSeg(tr.x, float(self.ts[tr.step]), pos, self.grid, noise=True)
+    def _noised(self, tr: _Traj, pos: int) -> ImageSpan:
+        return ImageSpan(tr.x, float(self.ts[tr.step]), pos, self.grid, noise=True)
 
     # ---------------------------------------------------------------------------- handlers
     def _commit_text(self, tr: _Traj) -> None:
         n = len(tr.pending)
         last = tr.segments[-1] if tr.segments else None
-        if isinstance(last, TextSeg):
+        if isinstance(last, TextSpan):
             last.ids.extend(tr.pending)               # one causal run: same mask, same positions
         else:
-            tr.segments.append(TextSeg(list(tr.pending), tr.pos))
+            tr.segments.append(TextSpan(list(tr.pending), tr.pos))
         tr.pos += n
         tr.n_tokens += n
         tr.pending = []
@@ -276,7 +276,7 @@ class _Run:
             tr.phase = "commit"
 
     def _after_commit(self, tr: _Traj, queries, outs) -> None:
-        tr.segments.append(ImageSeg(tr.x, 0.0, tr.pos, self.grid, noise=False))
+        tr.segments.append(ImageSpan(tr.x, 0.0, tr.pos, self.grid, noise=False))
         tr.n_tokens += self.hw + 2
         tr.pos += 1
         tr.images += 1
