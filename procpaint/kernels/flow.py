@@ -330,14 +330,20 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, dt: float | torch.Tensor) -> to
     """
     op = "euler_step"
     for name, a in (("x", x), ("v", v)):
-        if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.dtype not in REF_DTYPES:
-            raise ValueError(f"{op}: {name} must be a floating tensor with >= 1 dim "
-                             f"(float32/bfloat16/float16/float64)")
-    if v.shape != x.shape or v.dtype != x.dtype or v.device != x.device:
-        raise ValueError(f"{op}: v must match x in shape, dtype and device: x {tuple(x.shape)} "
-                         f"{x.dtype} {x.device}, v {tuple(v.shape)} {v.dtype} {v.device}")
+        if not isinstance(a, torch.Tensor) or a.dtype not in REF_DTYPES:
+            raise TypeError(f"{op}: {name} must be a float32/bfloat16/float16/float64 tensor, got "
+                            f"{a.dtype if isinstance(a, torch.Tensor) else type(a).__name__}")
+        if a.dim() < 1:
+            raise ValueError(f"{op}: {name} must have >= 1 dim, got a 0-d tensor")
+    if v.dtype != x.dtype:
+        raise TypeError(f"{op}: v must have x's dtype {x.dtype}, got {v.dtype}")
+    if v.shape != x.shape or v.device != x.device:
+        raise ValueError(f"{op}: v must match x in shape and device: x {tuple(x.shape)} {x.device}, "
+                         f"v {tuple(v.shape)} {v.device}")
     if isinstance(dt, torch.Tensor):
-        if dt.dim() > 1 or (dt.dim() == 1 and dt.shape[0] != x.shape[0]) or not dt.is_floating_point():
+        if not dt.is_floating_point():
+            raise TypeError(f"{op}: dt must be a floating tensor, got {dt.dtype}")
+        if dt.dim() > 1 or (dt.dim() == 1 and dt.shape[0] != x.shape[0]):
             raise ValueError(f"{op}: dt must be a float, a 0-d tensor or a ({x.shape[0]},) floating "
                              f"tensor, got {tuple(dt.shape)} {dt.dtype}")
         if dt.device != x.device:

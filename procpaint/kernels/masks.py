@@ -64,14 +64,14 @@ def _ints(values, name: str) -> list[int]:
         if values.dim() != 1:
             raise ValueError(f"{name} must be 1-D, got shape {tuple(values.shape)}")
         if values.dtype.is_floating_point or values.dtype == torch.bool:
-            raise ValueError(f"{name} must hold integers, got dtype {values.dtype}")
+            raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
         return [int(v) for v in values.tolist()]
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a sequence of ints or a 1-D tensor, got {type(values).__name__}")
+        raise TypeError(f"{name} must be a sequence of ints or a 1-D tensor, got {type(values).__name__}")
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{name}[{i}] = {v!r} is not an int")
+            raise TypeError(f"{name}[{i}] = {v!r} is not an int")
         out.append(int(v))
     return out
 
@@ -180,7 +180,7 @@ def attention_bias(split_lens, attn_modes, sample_lens, *, dtype: torch.dtype = 
     if out is not None:
         dtype = out.dtype
     if not dtype.is_floating_point:
-        raise ValueError(f"attention_bias: dtype must be a floating type, got {dtype}")
+        raise TypeError(f"attention_bias: dtype must be a floating type, got {dtype}")
     p = validate(split_lens, attn_modes, sample_lens)
     dev = out.device if out is not None else _device_of(device, split_lens, sample_lens)
     t = p.tensors(dev)

@@ -27,17 +27,10 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def _dtensor_cls():
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch < 2.4
-        return None
-    return DTensor
-
-
 def is_dtensor(t) -> bool:
-    cls = _dtensor_cls()
-    return cls is not None and isinstance(t, cls)
+    from torch.distributed.tensor import DTensor  # torch >= 2.6 (pyproject); lazy: a CLI start skips it
+
+    return isinstance(t, DTensor)
 
 
 def is_sharded(model: nn.Module) -> bool:

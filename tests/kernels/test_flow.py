@@ -367,26 +367,34 @@ def test_torch_compile_traces_public_functions(native):
 
 
 # --------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("call,match", [
-    (lambda c, n, t: flow.rf_interpolate(c, n[:, :2], t), "noise must have the shape of clean"),
-    (lambda c, n, t: flow.rf_interpolate(c, n.half(), t), "noise must have the dtype of clean"),
-    (lambda c, n, t: flow.rf_interpolate(c, n, t[:4]), r"t must have shape \(5,\)"),
-    (lambda c, n, t: flow.rf_interpolate(c[0], n[0], t), r"clean must have shape \(N, D\)"),
-    (lambda c, n, t: flow.rf_interpolate(c.int(), n.int(), t), "clean must be float32"),
-    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.tensor([0, 1, 2, 0, 1])),
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda c, n, t: flow.rf_interpolate(c, n[:, :2], t), ValueError, "noise must have the shape of clean"),
+    (lambda c, n, t: flow.rf_interpolate(c, n.half(), t), TypeError, "noise must have the dtype of clean"),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:4]), ValueError, r"t must have shape \(5,\)"),
+    (lambda c, n, t: flow.rf_interpolate(c[0], n[0], t), ValueError, r"clean must have shape \(N, D\)"),
+    (lambda c, n, t: flow.rf_interpolate(c.int(), n.int(), t), TypeError, "clean must be float32"),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.tensor([0, 1, 2, 0, 1])), IndexError,
      "index value 2 is out of range"),
-    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.zeros(5)), "index must be an int64"),
-    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.zeros(4, dtype=torch.long)),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.zeros(5)), TypeError,
+     "index must be an int64"),
+    (lambda c, n, t: flow.rf_interpolate(c, n, t[:2], index=torch.zeros(4, dtype=torch.long)), ValueError,
      r"index must have shape \(5,\)"),
-    (lambda c, n, t: flow.rf_mse(c, c, n, reduction="avg"), "reduction must be one of"),
-    (lambda c, n, t: flow.rf_mse(c, c.bfloat16(), n), "clean must have the dtype of pred"),
-    (lambda c, n, t: flow.rf_mse(c, c, n.t()), "noise must have the shape of pred"),
-    (lambda c, n, t: flow.euler_step(c, n, torch.rand(3)), "dt must be a float, a 0-d tensor"),
-    (lambda c, n, t: flow.euler_step(c, n, "0.1"), "dt must be a float or a tensor"),
+    (lambda c, n, t: flow.rf_mse(c, c, n, reduction="avg"), ValueError, "reduction must be one of"),
+    (lambda c, n, t: flow.rf_mse(c, c.bfloat16(), n), TypeError, "clean must have the dtype of pred"),
+    (lambda c, n, t: flow.rf_mse(c, c, n.t()), ValueError, "noise must have the shape of pred"),
+    (lambda c, n, t: flow.euler_step(c, n, torch.rand(3)), ValueError, "dt must be a float, a 0-d tensor"),
+    (lambda c, n, t: flow.euler_step(c, n, torch.ones(5, dtype=torch.long)), TypeError,
+     "dt must be a floating tensor"),
+    (lambda c, n, t: flow.euler_step(c, n, "0.1"), TypeError, "dt must be a float or a tensor"),
+    (lambda c, n, t: flow.euler_step(c.int(), n.int(), 0.1), TypeError, "x must be a float32"),
+    (lambda c, n, t: flow.euler_step(c, n.double(), 0.1), TypeError, "v must have x's dtype"),
+    (lambda c, n, t: flow.euler_step(c, n[:4], 0.1), ValueError, "v must match x in shape"),
 ])
-def test_public_errors_name_the_argument(call, match):
+def test_public_errors_name_the_argument(call, exc, match):
+    """Python front ends raise what the native checks raise (csrc/common/checks.h): TypeError for
+    types and dtypes, ValueError for shapes, sizes, devices and values, IndexError for index data."""
     c, n = torch.randn(5, 3), torch.randn(5, 3)
-    with pytest.raises((ValueError, TypeError, IndexError), match=match):
+    with pytest.raises(exc, match=match):
         call(c, n, torch.rand(5))
 
 

@@ -161,19 +161,28 @@ def test_native_out_dtype_is_a_type_error(native):
     (([3, 2], ["causal", "full"], [4]), r"sum\(split_lens\) = 5 != sum\(sample_lens\) = 4"),
     (([3, 2], ["causal", "full"], [2, 3]), "split 0 .* crosses the boundary of sample 0"),
     (([2**31], ["causal"], [2**31]), "does not fit int32"),
-    (([2.0], ["causal"], [2]), "is not an int"),
     ((torch.ones(2, 2, dtype=torch.long), ["causal"], [4]), "must be 1-D"),
-    (("abc", ["causal"], [3]), "sequence of ints"),
 ])
 def test_validation_messages(args, phrase):
     with pytest.raises(ValueError, match=phrase):
         P.attention_mask(*args)
 
 
+@pytest.mark.parametrize(("args", "phrase"), [
+    (([2.0], ["causal"], [2]), "is not an int"),
+    (("abc", ["causal"], [3]), "sequence of ints"),
+    ((torch.tensor([2.0]), ["causal"], [2]), "must hold integers"),
+])
+def test_type_mistakes_raise_type_error(args, phrase):
+    """Wrong types / dtypes are TypeError, as the native checks raise them (csrc/common/checks.h)."""
+    with pytest.raises(TypeError, match=phrase):
+        P.attention_mask(*args)
+
+
 def test_block_mask_argument_errors():
     with pytest.raises(ValueError, match="block_size"):
         P.block_mask(*EXAMPLE, block_size=0)
-    with pytest.raises(ValueError, match="floating"):
+    with pytest.raises(TypeError, match="floating"):
         P.attention_bias(*EXAMPLE, dtype=torch.int32)
 
 

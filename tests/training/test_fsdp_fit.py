@@ -19,6 +19,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from procpaint.model import build_model, model_config
 from procpaint.model.bagel_io import export_bagel, read_bagel_weights
 
+# Under pytest-xdist (`--dist loadgroup`, the README's test command) this module's tests stay on one
+# worker, and the run is session-scoped there: a worker interleaves modules, and a module-scoped
+# fixture would be torn down and rerun (a 2-process FSDP fit, ~55 s) between this module's tests.
+pytestmark = pytest.mark.xdist_group("fsdp_run")
 ROOT = Path(__file__).resolve().parents[2]
 SHRINK = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
               timestep_freq_dim=64, codec="pixel", latent_channels=3, latent_downsample=1, patch_size=4,
@@ -32,7 +36,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fsdp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     torch.manual_seed(0)
