@@ -78,6 +78,8 @@ class Routing:
                              f"{seq_len} positions of the pack")
         if not mot or n_gen == 0:
             return cls(seq_len, 0)
+        if n_und == 0:  # only generation rows (a flow step of cached inference): no permutation
+            return cls(0, seq_len)
         to_routed = torch.cat([und_indexes, gen_indexes])                    # (L,)
         to_seq = torch.empty_like(to_routed)
         to_seq[to_routed] = torch.arange(seq_len, device=to_routed.device)
@@ -95,6 +97,8 @@ class Routing:
         """Run f_und on the understanding rows and f_gen on the generation rows of routed x."""
         if self.num_gen == 0:
             return f_und(x)
+        if self.num_und == 0:
+            return f_gen(x)
         xu, xg = x.split([self.num_und, self.num_gen])
         return torch.cat([f_und(xu), f_gen(xg)])
 

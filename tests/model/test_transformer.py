@@ -292,3 +292,22 @@ def test_clean_prediction_gives_exact_velocity(debug_cfg):
     assert torch.isfinite(model.predict_velocity(hidden, x0, torch.zeros(6))).all()
     with pytest.raises(ValueError, match="model.prediction"):
         dataclasses.replace(debug_cfg, prediction="eps")
+
+
+def test_generation_only_call_takes_no_permutation_and_matches_the_routed_path(debug_cfg):
+    """A call of noised latents only (a cached flow step) runs the generation expert on the rows as
+    they are: no permutation, no empty understanding-expert ops, the same bits as the routed path."""
+    model = build_model(debug_cfg)
+    n = 12
+    hidden = torch.randn(n, debug_cfg.hidden_size)
+    fast = Routing.build(torch.arange(0), torch.arange(n), n, True)
+    assert (fast.num_und, fast.num_gen, fast.to_routed, fast.to_seq) == (0, n, None, None)
+    calls = []
+    fast.apply(hidden, lambda x: calls.append("und") or x, lambda x: calls.append("gen") or x)
+    assert calls == ["gen"]
+    routed = Routing(0, n, torch.arange(n), torch.arange(n))              # the general path
+    ctx = AttnContext.from_dense(torch.ones(n, n, dtype=torch.bool))
+    pos = torch.full((n,), 3)
+    a, _ = model.forward_hidden(hidden, pos, fast, ctx)
+    b, _ = model.forward_hidden(hidden, pos, routed, ctx)
+    assert torch.equal(a, b)
