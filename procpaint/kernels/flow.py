@@ -137,7 +137,8 @@ def _mse_grad_backward(ctx, grad, _grad_g):
     else:  # one multiply in float32, rounded once to g's dtype; grad (N,) for "none", else ()
         scale = grad[:, None] if ctx.reduction == "none" else grad  # (N, 1) or ()
         gp = torch.mul(g, scale, out=torch.empty_like(g))
-    # d/dclean = +g, d/dnoise = -g (target = noise - clean).
+    # d/dclean = +g, d/dnoise = -g (target = noise - clean). Returning gp for two inputs is safe:
+    # autograd copies a grad it cannot steal (gp is also saved here) before making it a leaf's .grad.
     return gp if need[0] else None, gp if need[1] else None, -gp if need[2] else None, None
 
 
@@ -250,10 +251,10 @@ def sample_timesteps(n: int, *, shift: float = 1.0, logit_std: float = 1.0, mix_
     t' = s t / (1 + (s - 1) t) (s > 1 moves mass toward noise, t = 1). The shift is a move of the
     logit's mean by log(s), so (shift, logit_std) is SD3's logit-normal(log s, logit_std): a wider
     logit_std trains both ends (the prompt-only regime near t = 1 and the fine detail near 0).
-    With ``mix_frac`` > 0 each time is drawn, with that probability, from the logit-normal shifted by
-    ``mix_shift`` instead (a two-component mixture: e.g. most mass at the prompt-only end, the rest where
-    samples commit to a layout and draw edges). Returns (n,) float32 on ``device`` (default: the generator's device, else CPU). Same generator
-    state, same values. Plain PyTorch on purpose: O(n) with n images or tokens, and it must use
+    With ``mix_frac`` > 0 each time is drawn, with that probability, from the logit-normal shifted
+    by ``mix_shift`` instead (a two-component mixture: e.g. most mass at the prompt-only end, the
+    rest where samples commit to a layout and draw edges). Returns (n,) float32 on ``device``
+    (default: the generator's device, else CPU). Same generator state, same values. Plain PyTorch on purpose: O(n) with n images or tokens, and it must use
     torch's RNG streams."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"sample_timesteps: n must be a non-negative int, got {n!r}")

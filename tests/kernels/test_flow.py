@@ -268,6 +268,17 @@ def test_mse_repeated_backward_accumulates(native):
     ref = p.detach().requires_grad_()
     torch.autograd.backward(flow.rf_mse_ref(ref, c, n, "sum"))
     torch.testing.assert_close(leaf.grad, 3 * ref.grad)
+    # pred and clean both leaves: their .grad must be two tensors, so accumulating into one (a second
+    # backward) cannot change the other
+    a, b = p.detach().requires_grad_(), c.detach().requires_grad_()
+    loss = flow.rf_mse(a, b, n, reduction="sum")
+    loss.backward(retain_graph=True)
+    assert a.grad.data_ptr() != b.grad.data_ptr()
+    loss.backward()
+    ra, rb = p.detach().requires_grad_(), c.detach().requires_grad_()
+    torch.autograd.backward(flow.rf_mse_ref(ra, rb, n, "sum"))
+    torch.testing.assert_close(a.grad, 2 * ra.grad)
+    torch.testing.assert_close(b.grad, 2 * rb.grad)
 
 
 # --------------------------------------------------------------------------- per image, edges
