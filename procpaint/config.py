@@ -5,7 +5,8 @@ contradictory setting is a :class:`ConfigError` naming the key and the file. A Y
 with ``base: other.yaml`` (relative to itself) and then hold only its differences.
 
 Top-level groups: seed, data, model, parallel, optim, loss, trainer (``lightning.Trainer``'s own argument
-names), logging, sampling; plus ``ckpt_path`` to resume.
+names), logging, sampling; plus ``ckpt_path`` to resume and ``finetune_from`` to start from another
+run's weights.
 """
 
 from __future__ import annotations
@@ -268,6 +269,11 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ckpt_path: str | None = None          # resume from this Lightning checkpoint
+    # Fine-tune: start from the weights of this procpaint checkpoint (.ckpt) or export directory,
+    # with its latent statistics and tokenizer; optimizer, schedule and step count start afresh
+    # (train/reproduce.py fine-tunes every row from one shared base this way). Resuming a fine-tune
+    # takes ckpt_path as usual; its weights then replace these.
+    finetune_from: str | None = None
 
     def __post_init__(self):
         if self.model.preset not in PRESETS:

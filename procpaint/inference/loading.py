@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -30,6 +30,18 @@ DEFAULT_IMAGE_SIZE = 32     # DataConfig's default, for exports without config.y
 
 class CheckpointError(ValueError):
     """A missing, unreadable or incompatible checkpoint, naming the file."""
+
+
+@dataclass
+class Weights:
+    """What a checkpoint or an export holds: the model's weights (keys without the ``model.``
+    prefix), its config, tokenizer, the image size it was trained at and its sampling defaults."""
+
+    state: dict
+    model_config: ModelConfig
+    tokenizer: TextTokenizer
+    image_size: int
+    sampling: dict
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -76,7 +88,7 @@ def _tokenizer(source: str, where: str, from_file: bool) -> TextTokenizer:
         raise CheckpointError(f"{where}: unusable tokenizer: {e}") from e
 
 
-def _read_ckpt(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int, dict]:
+def _read_ckpt(path: Path) -> Weights:
     try:
         # A Lightning checkpoint holds plain dicts of hyperparameters besides tensors; it is the
         # user's own training output, so the full unpickler is acceptable here.
@@ -95,12 +107,12 @@ def _read_ckpt(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int, dict]
         raise CheckpointError(f"{path}: state_dict has no 'model.*' weights")
     train_cfg = hp.get("config") or {}
     image_size = train_cfg.get("data", {}).get("image_size", DEFAULT_IMAGE_SIZE)
-    return state, _model_config(dict(hp["model_config"]), str(path)), \
-        _tokenizer(ckpt["tokenizer_json"], str(path), False), int(image_size), \
-        dict(train_cfg.get("sampling") or {})
+    return Weights(state, _model_config(dict(hp["model_config"]), str(path)),
+                   _tokenizer(ckpt["tokenizer_json"], str(path), False), int(image_size),
+                   dict(train_cfg.get("sampling") or {}))
 
 
-def _read_export(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int, dict]:
+def _read_export(path: Path) -> Weights:
     need = ["model.safetensors", "model_config.json", "tokenizer.json"]
     missing = [n for n in need if not (path / n).is_file()]
     if missing:
@@ -123,33 +135,46 @@ def _read_export(path: Path) -> tuple[dict, ModelConfig, TextTokenizer, int, dic
         train_cfg = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
         image_size = int(train_cfg.get("data", {}).get("image_size", image_size))
         sampling = dict(train_cfg.get("sampling") or {})
-    return state, _model_config(mc, str(path / "model_config.json")), \
-        _tokenizer(str(path / "tokenizer.json"), str(path / "tokenizer.json"), True), image_size, sampling
+    return Weights(state, _model_config(mc, str(path / "model_config.json")),
+                   _tokenizer(str(path / "tokenizer.json"), str(path / "tokenizer.json"), True), image_size,
+                   sampling)
+
+
+def read_weights(path: str | Path) -> Weights:
+    """The :class:`Weights` of a ``.ckpt`` file or an export directory; :class:`CheckpointError`
+    naming the file when it is missing, unreadable or its tokenizer does not fit its model."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    w = _read_export(path) if path.is_dir() else _read_ckpt(path)
+    if w.tokenizer.vocab_size != w.model_config.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {w.tokenizer.vocab_size} tokens but the model was built "
+                              f"for {w.model_config.vocab_size}: they do not belong together")
+    return w
+
+
+def load_state(model: torch.nn.Module, state: dict, where: str | Path) -> None:
+    """Load ``state`` into ``model`` exactly (non-persistent codec state is rebuilt, so keys under
+    ``codec.`` may be absent); :class:`CheckpointError` naming ``where`` when the weights do not fit."""
+    try:
+        result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("codec.vae.")},
+                                       strict=False)
+    except RuntimeError as e:                       # shape mismatches
+        raise CheckpointError(f"{where}: weights do not fit the model config: {e}") from e
+    missing = [k for k in result.missing_keys if not k.startswith("codec.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{where}: weights do not fit the model config: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Painter:
     """A :class:`Painter` from a ``.ckpt`` file or an export directory, on ``device``."""
     dev = resolve_device(device)
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    state, mcfg, tok, image_size, sampling = _read_export(path) if path.is_dir() else _read_ckpt(path)
-    if tok.vocab_size != mcfg.vocab_size:
-        raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model was built for "
-                              f"{mcfg.vocab_size}: they do not belong together")
+    w = read_weights(path)
     try:
-        model = build_model(mcfg, device=dev, load_init=False)   # its own weights follow
+        model = build_model(w.model_config, device=dev, load_init=False)   # its own weights follow
     except (FileNotFoundError, ImportError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot build its model: {e}") from e
-    # Non-persistent codec state is rebuilt; everything else must match exactly.
-    try:
-        result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("codec.vae.")},
-                                       strict=False)
-    except RuntimeError as e:                       # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit the model config: {e}") from e
-    missing = [k for k in result.missing_keys if not k.startswith("codec.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{path}: weights do not fit the model config: missing {missing[:5]}"
-                              f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
+    load_state(model, w.state, path)
     model.requires_grad_(False).eval()
-    return Painter(model, tok, image_size=image_size, source=str(path), sampling=sampling)
+    return Painter(model, w.tokenizer, image_size=w.image_size, source=str(path), sampling=w.sampling)

@@ -24,7 +24,7 @@ from procpaint.config import Config, config_from_dict
 from procpaint.kernels.masks import mean_keys_per_query
 from procpaint.model.config import ModelConfig
 from procpaint.model.factory import flops_per_token, matmul_peak_flops
-from procpaint.model.parallel import global_grad_norm, local
+from procpaint.model.parallel import global_grad_norm, is_sharded, local
 from procpaint.sequence.types import PackedBatch
 from procpaint.training.losses import packed_loss
 
@@ -76,6 +76,7 @@ class ProcPaintModule(L.LightningModule):
         self._peak_flops = 0.0        # measured at train start (perf/mfu)
         self._skipped_records: dict[int, int] = {}   # data.on_error=skip: DataLoader worker -> its count
         self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
+        self.init_state: dict | None = None     # fine-tuning: weights loaded once the model exists
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Runs after the callbacks' hooks (EMA has put its average in state_dict): raising here
@@ -109,14 +110,37 @@ class ProcPaintModule(L.LightningModule):
             self.model = build_model(self.model_cfg, device=self.trainer.strategy.root_device,
                                      parallelize=fsdp_parallelize(self.cfg, self._device_mesh,
                                                                   self.trainer.precision))
+            self._load_init_state()
             if self.cfg.optim.ema_decay > 0:
                 self.ema = ShardedEMA(self.model, self.cfg.optim.ema_decay)
             return
         self.model = build_model(self.model_cfg)
+        self._load_init_state()
         if self.cfg.parallel.activation_checkpointing > 0:
             apply_activation_checkpointing(self.model, every=self.cfg.parallel.activation_checkpointing)
         if self.cfg.parallel.compile:
             apply_compile(self.model)
+
+    def _load_init_state(self) -> None:
+        """Fine-tuning (``finetune_from``): the base's weights into the freshly built model (each
+        rank copies its own rows into a sharded one). A resumed run's checkpoint replaces them later."""
+        if self.init_state is None:
+            return
+        from procpaint.inference.loading import load_state
+        from procpaint.model.parallel import copy_into
+
+        if is_sharded(self.model):
+            ours = self.model.state_dict()
+            missing = sorted(set(ours) - set(self.init_state) - {k for k in ours if k.startswith("codec.")})
+            if missing:
+                raise ValueError(f"finetune_from={self.cfg.finetune_from}: weights lack {missing[:5]}")
+            with torch.no_grad():
+                for key, t in ours.items():
+                    if key in self.init_state:
+                        copy_into(t, self.init_state[key])
+        else:
+            load_state(self.model, self.init_state, self.cfg.finetune_from)
+        self.init_state = None                  # loaded once; the model owns the weights now
 
     def _noise_generator(self) -> torch.Generator:
         """A generator seeded by (seed, step, rank): resumed runs draw the same noise."""

@@ -123,8 +123,46 @@ def check_resume(cfg: Config) -> None:
                           f"with the config the checkpoint was trained with")
 
 
+def check_finetune(cfg: Config):
+    """The :class:`~procpaint.inference.loading.Weights` of ``cfg.finetune_from`` (None when unset),
+    checked before any data preparation: readable, and holding the model ``cfg`` builds at the
+    image size ``cfg`` trains. ConfigError naming the key otherwise."""
+    if cfg.finetune_from is None:
+        return None
+    from procpaint.inference.loading import CheckpointError, read_weights
+
+    try:
+        w = read_weights(cfg.finetune_from)
+    except CheckpointError as exc:
+        raise ConfigError(f"finetune_from={cfg.finetune_from}: {exc}") from None
+    saved, now = asdict(w.model_config), asdict(cfg.model_config(vocab_size=w.model_config.vocab_size))
+    derived = {"vocab_size", "latent_mean", "latent_std"}
+    diff = [f"{k} {saved[k]!r} vs {now[k]!r}" for k in sorted(set(saved) & set(now) - derived)
+            if saved[k] != now[k]]
+    if diff:
+        raise ConfigError(f"finetune_from={cfg.finetune_from} holds another model than this config builds "
+                          f"({', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''}): fine-tune with the "
+                          "base's model settings")
+    if w.image_size != cfg.data.image_size:
+        raise ConfigError(f"finetune_from={cfg.finetune_from} was trained at data.image_size={w.image_size}, "
+                          f"this config trains at {cfg.data.image_size}")
+    return w
+
+
+def _same_vocabulary(base, tokenizer, where: str) -> None:
+    """ConfigError unless the data's tokenizer maps every word to the id the base model learnt."""
+    a = base.tok.get_vocab(with_added_tokens=True)
+    b = tokenizer.tok.get_vocab(with_added_tokens=True)
+    if a != b:
+        differ = sorted(set(a.items()) ^ set(b.items()), key=lambda kv: kv[1])
+        raise ConfigError(f"finetune_from={where}: the data's tokenizer ({len(b)} tokens) differs from the "
+                          f"base's ({len(a)}) in {len(differ)} (word, id) pairs, e.g. {differ[:4]}: the base "
+                          "was trained on other words; build the data with the base's vocabulary")
+
+
 def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     check_resume(cfg)                               # before any data preparation
+    base = check_finetune(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = ProcPaintDataModule(cfg)
@@ -136,8 +174,16 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     else:
         datamodule.wait_for_data()
     tokenizer = datamodule.load_tokenizer()
-    # Latent statistics come from the data (every rank reads the same records, so all agree).
-    module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size, **datamodule.latent_stats())
+    if base is None:
+        # Latent statistics come from the data (every rank reads the same records, so all agree).
+        module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size, **datamodule.latent_stats())
+    else:
+        # A fine-tune keeps the base's latent scale and token ids: the weights were learnt on them.
+        _same_vocabulary(base.tokenizer, tokenizer, cfg.finetune_from)
+        module = ProcPaintModule.from_config(cfg, vocab_size=tokenizer.vocab_size,
+                                             latent_mean=base.model_config.latent_mean,
+                                             latent_std=base.model_config.latent_std)
+        module.init_state = base.state
     module.tokenizer_json = tokenizer.tok.to_str()
     callbacks = list(extra_callbacks)
     # A model trained on final images only (single-pass baseline) is sampled that way.
