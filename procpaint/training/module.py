@@ -59,6 +59,9 @@ def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: f
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+TOTALS = ("packs", "real_tokens", "packed_tokens", "generated_images", "ce_tokens", "mse_tokens", "seconds")
+
+
 class ProcPaintModule(L.LightningModule):
     def __init__(self, config: dict, model_config: dict):
         """config: the experiment Config as a plain dict (saved as hyperparameters);
@@ -77,6 +80,11 @@ class ProcPaintModule(L.LightningModule):
         self._skipped_records: dict[int, int] = {}   # data.on_error=skip: DataLoader worker -> its count
         self.tokenizer_json: str | None = None  # set by the runner; stored in checkpoints
         self.init_state: dict | None = None     # fine-tuning: weights loaded once the model exists
+        # What training consumed on this rank (train_summary.json; kept in checkpoints so a resumed
+        # run counts its whole history): packs, real and packed tokens, generated (noised) images,
+        # CE and MSE tokens, seconds spent in training batches.
+        self.totals = dict.fromkeys(TOTALS, 0.0)
+        self.global_totals: dict | None = None  # summed over ranks at the end of training
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Runs after the callbacks' hooks (EMA has put its average in state_dict): raising here
@@ -87,9 +95,11 @@ class ProcPaintModule(L.LightningModule):
         # The tokenizer travels with the weights so sampling/evaluation need nothing else.
         if self.tokenizer_json is not None:
             checkpoint["tokenizer_json"] = self.tokenizer_json
+        checkpoint["procpaint_totals"] = dict(self.totals)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokenizer_json = checkpoint.get("tokenizer_json", self.tokenizer_json)
+        self.totals.update(checkpoint.get("procpaint_totals") or {})
 
     @classmethod
     def from_config(cls, cfg: Config, vocab_size: int, **measured) -> ProcPaintModule:
@@ -195,10 +205,25 @@ class ProcPaintModule(L.LightningModule):
             self.log("train/skipped_records", float(sum(self._skipped_records.values())), batch_size=1)
         self.log("train/ce_tokens", float(parts.ce_tokens), batch_size=1)
         self.log("train/mse_tokens", float(parts.mse_tokens), batch_size=1)
+        t = self.totals
+        t["packs"] += 1
+        t["real_tokens"] += batch.num_real_tokens
+        t["packed_tokens"] += batch.seq_len
+        t["generated_images"] += int(batch.latent_image_ids[batch.latent_noised].unique().numel())
+        t["ce_tokens"] += int(batch.ce_labels.numel())
+        t["mse_tokens"] += int(batch.latent_noised.sum())
         return parts.loss
 
     def on_train_end(self) -> None:
-        """data.on_error=skip: the corrupt records skipped over all ranks, in fit's closing summary."""
+        """``global_totals``: :attr:`totals` summed over ranks (seconds: the slowest rank's), for
+        train_summary.json; data.on_error=skip: the corrupt records skipped over all ranks."""
+        vals = torch.tensor([self.totals[k] for k in TOTALS], dtype=torch.float64, device=self.device)
+        secs = vals[-1:].clone()
+        if self.trainer.world_size > 1:
+            vals = self.trainer.strategy.reduce(vals, reduce_op="sum")
+            secs = self.trainer.strategy.reduce(secs, reduce_op="max")
+        self.global_totals = {**dict(zip(TOTALS, vals.tolist())), "seconds": float(secs.item()),
+                              "ranks": self.trainer.world_size}
         if self.cfg.data.on_error != "skip":
             return
         n = torch.tensor(float(sum(self._skipped_records.values())), device=self.device)
@@ -212,6 +237,7 @@ class ProcPaintModule(L.LightningModule):
         if self._step_start is None:
             return
         dt = max(time.perf_counter() - self._step_start, 1e-9)
+        self.totals["seconds"] += dt
         self.log("perf/step_time_s", dt, batch_size=1)
         self.log("perf/tokens_per_s", batch.num_real_tokens / dt, prog_bar=True, batch_size=1)
         self.log("perf/samples_per_s", batch.num_samples / dt, batch_size=1)

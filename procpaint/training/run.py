@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from procpaint.config import Config, ConfigError, to_yaml
 from procpaint.evaluation.quick import format_summary, quick_eval
+from procpaint.io import atomic_write
 from procpaint.training.callbacks import TrajectoryLogger, default_val_prompts
 from procpaint.training.datamodule import ProcPaintDataModule
 from procpaint.training.module import ProcPaintModule, check_finite_weights
@@ -160,6 +161,26 @@ def _same_vocabulary(base, tokenizer, where: str) -> None:
                           "was trained on other words; build the data with the base's vocabulary")
 
 
+def train_summary(cfg: Config, totals: dict, steps: int) -> dict:
+    """What a run consumed (train_summary.json, the equal-compute columns of train/reproduce.py):
+    optimizer steps, and per step the packed and real tokens, generated images (noised copies,
+    the flow loss's images), CE and MSE tokens, all ranks together; training seconds (the slowest
+    rank's time inside training batches: no data build, validation or closing eval)."""
+    packs = max(totals["packs"], 1.0)
+    per_step = max(steps, 1)
+    return {"steps": steps, "ranks": int(totals.get("ranks", 1)), "packs": int(totals["packs"]),
+            "packed_tokens_per_step": totals["packed_tokens"] / per_step,
+            "real_tokens_per_step": totals["real_tokens"] / per_step,
+            "generated_images_per_step": totals["generated_images"] / per_step,
+            "ce_tokens_per_step": totals["ce_tokens"] / per_step,
+            "mse_tokens_per_step": totals["mse_tokens"] / per_step,
+            "packing_efficiency": totals["real_tokens"] / max(totals["packed_tokens"], 1.0),
+            "seconds": totals["seconds"], "seconds_per_pack": totals["seconds"] / packs,
+            "seed": cfg.seed, "finetune_from": cfg.finetune_from, "resumed_from": cfg.ckpt_path,
+            "data": {"subsets": list(cfg.data.subsets), "trajectory": cfg.data.trajectory,
+                     "build_samples": cfg.data.build_samples}}
+
+
 def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
     check_resume(cfg)                               # before any data preparation
     base = check_finetune(cfg)
@@ -211,6 +232,9 @@ def fit(cfg: Config, *, extra_callbacks=()) -> FitResult:
             trainer.save_checkpoint(Path(ckpt_cb.dirpath) / "last.ckpt")  # the final step too
             last = str(Path(ckpt_cb.dirpath) / "last.ckpt")
         weights = str(export_weights(module, Path(log_dir) / "export", model=final))
+    if trainer.is_global_zero and module.global_totals is not None:
+        atomic_write(Path(log_dir) / "train_summary.json",
+                     json.dumps(train_summary(cfg, module.global_totals, trainer.global_step), indent=2) + "\n")
     val = trainer.callback_metrics.get("val/loss")
     evaluation = None
     if trainer.is_global_zero and cfg.logging.final_eval_prompts > 0:

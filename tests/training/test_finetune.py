@@ -44,6 +44,15 @@ def test_finetune_starts_from_the_base_weights_and_statistics(base):
     mc_base = json.loads((Path(res.weights).parent / "model_config.json").read_text())
     mc_ft = json.loads((Path(out.weights).parent / "model_config.json").read_text())
     assert mc_ft["latent_mean"] == mc_base["latent_mean"] and mc_ft["latent_std"] == mc_base["latent_std"]
+    # train_summary.json: what each run consumed, for the equal-compute columns
+    sb = json.loads((Path(res.log_dir) / "train_summary.json").read_text())
+    sf = json.loads((Path(out.log_dir) / "train_summary.json").read_text())
+    assert sb["steps"] == sf["steps"] == 2 and sb["packs"] == 2 and sb["finetune_from"] is None
+    assert sf["finetune_from"] == str(res.checkpoint) and sf["seed"] == 3
+    assert 0 < sb["real_tokens_per_step"] <= sb["packed_tokens_per_step"] == 1024
+    # single-pass packs: every image is generated; process packs also carry context images
+    assert sb["generated_images_per_step"] >= 1 and sb["seconds"] > 0
+    assert sb["mse_tokens_per_step"] == pytest.approx(64 * sb["generated_images_per_step"])
     # ... and from an export directory the same way, now learning (lr > 0 moves the weights)
     out2 = fit(_cfg(tmp, "ft_export", f"finetune_from={Path(res.weights).parent}", "optim.ema_decay=0.0"))
     moved = load_file(out2.weights)
