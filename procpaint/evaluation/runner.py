@@ -91,15 +91,59 @@ def summarize(benchmark: str, results: list[dict], *, resamples: int = 2000, see
         counts = np.array([len(v) for v in prompts.values()], dtype=float)
         pick = rng.integers(0, len(hits), size=(resamples, len(hits)))           # (B, P)
         draws[tag] = hits[pick].sum(1) / counts[pick].sum(1)                      # (B,) tag accuracy
+    draws["overall"] = _overall(benchmark, draws)
+    return {**out, "ci95": {t: _interval(d) for t, d in draws.items()}}
+
+
+def _overall(benchmark: str, per_tag: dict[str, np.ndarray]) -> np.ndarray:
+    """The benchmark's overall rule over per-tag accuracies (arrays of resamples): WISE's
+    prompt-share weighted mean for knowledge, GenEval's plain mean of tags otherwise."""
     if benchmark == "knowledge":
-        w = {t: knowledge.WISE_SHARES.get(t, 0) for t in draws}
+        w = {t: knowledge.WISE_SHARES.get(t, 0) for t in per_tag}
         tot = sum(w.values()) or 1
-        overall = sum(draws[t] * w[t] for t in draws) / tot
-    else:
-        overall = np.mean([draws[t] for t in draws], axis=0)
-    ci = {t: [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] for t, d in draws.items()}
-    ci["overall"] = [float(np.percentile(overall, 2.5)), float(np.percentile(overall, 97.5))]
-    return {**out, "ci95": ci}
+        return sum(per_tag[t] * w[t] for t in per_tag) / tot
+    return np.mean([per_tag[t] for t in per_tag], axis=0)
+
+
+def _interval(draws: np.ndarray) -> list[float]:
+    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+
+
+def paired_difference(benchmark: str, base: list[dict], other: list[dict], *, resamples: int = 2000,
+                      seed: int = 0) -> dict:
+    """``other`` minus ``base`` on the prompts both scored: per tag and overall, the difference of
+    accuracies and its paired percentile-bootstrap 95% interval (the same prompts drawn for both
+    runs in every resample, within each tag), and ``inside_noise``: tags whose interval holds 0.
+    Pairing removes the prompts' difficulty from the noise, so it separates two runs that unpaired
+    intervals would call overlapping."""
+    def per_prompt(results):
+        out: dict[str, dict[str, list[bool]]] = {}
+        for r in results:
+            out.setdefault(r["tag"], {}).setdefault(r.get("prompt", r.get("filename", "")), []).append(
+                bool(r["correct"]))
+        return out
+
+    a, b = per_prompt(base), per_prompt(other)
+    rng = np.random.default_rng(seed)
+    point: dict[str, np.ndarray] = {}
+    draws: dict[str, np.ndarray] = {}
+    for tag in sorted(set(a) & set(b)):
+        prompts = sorted(set(a[tag]) & set(b[tag]))
+        if not prompts:
+            continue
+        acc = {k: (np.array([sum(r[p]) for p in prompts], float), np.array([len(r[p]) for p in prompts], float))
+               for k, r in (("a", a[tag]), ("b", b[tag]))}
+        pick = rng.integers(0, len(prompts), size=(resamples, len(prompts)))
+        (ha, na), (hb, nb) = acc["a"], acc["b"]
+        point[tag] = np.array(hb.sum() / nb.sum() - ha.sum() / na.sum())
+        draws[tag] = hb[pick].sum(1) / nb[pick].sum(1) - ha[pick].sum(1) / na[pick].sum(1)
+    if not draws:
+        return {"diff": {}, "ci95": {}, "inside_noise": [], "prompts": 0}
+    point["overall"], draws["overall"] = _overall(benchmark, point), _overall(benchmark, draws)
+    ci = {t: _interval(d) for t, d in draws.items()}
+    return {"diff": {t: float(v) for t, v in point.items()}, "ci95": ci,
+            "inside_noise": [t for t, (lo, hi) in ci.items() if lo <= 0 <= hi],
+            "prompts": sum(len(set(a[t]) & set(b[t])) for t in set(a) & set(b))}
 
 
 def score_image(benchmark: str, image: np.ndarray, metadata: dict,

@@ -23,6 +23,7 @@ DIFFS = {
     "only_alignment": {"subsets": ["multiturn", "alignment"]},
     "both": {},
     "stage1_multiturn": {"subsets": ["multiturn"]},
+    "t2i_base": {"subsets": ["multiturn"], "trajectory": "final_only"},   # the shared base: single-pass data
 }
 
 
