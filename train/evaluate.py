@@ -6,6 +6,8 @@
     python train/evaluate.py --ckpt process=runs/a.ckpt --ckpt single=runs/b.ckpt ...   # one row each
     python train/evaluate.py --score DIR --metadata FILE      # score images in GenEval's layout
     python train/evaluate.py --write-metadata geneval|knowledge --out FILE   # the prompt sets
+    python train/evaluate.py --ckpt ... --benchmark knowledge --knowledge-split trained   # facts seen in
+                                                                  # training prompts (knowledge-trained/)
     python train/evaluate.py --tables DIR                       # rebuild summary.* from scored folders
     python train/evaluate.py --ckpt ... --diagnostics           # + process diagnostics (keeps stages)
 
@@ -16,6 +18,11 @@ existing images are kept, so an interrupted run resumes), then ``results.jsonl``
 keeps them in the modes that plan (process, planner) and writes ``diagnostics.json``,
 ``diagnostics.md`` and ``accuracy_by_round.png`` in those folders (procpaint.evaluation.diagnostics),
 plus a section of summary.md. Exit status 2 on bad arguments or paths, with a message naming them.
+
+The knowledge benchmark asks about the **held-out facts** by default (procpaint.evaluation.knowledge:
+stated in the training data's fact corpus, never in a training image prompt), in the folder
+``knowledge``; ``--knowledge-split trained`` asks about the facts training prompts used, in
+``knowledge-trained``, so the two sit side by side in the tables (column "Facts").
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ if str(ROOT) not in sys.path:          # run as a script from anywhere
 MODES = ("process", "single-pass", "planner", "oracle")
 DIAGNOSED_MODES = ("process", "planner", "oracle")       # the modes that write plans: --diagnostics
 BENCHMARKS = ("geneval", "knowledge")
+KNOWLEDGE_SPLITS = ("heldout", "trained")
 
 
 class UsageError(Exception):
@@ -49,12 +57,26 @@ def load_generator(ckpt: str, device: str):
     return _load(ckpt, device)
 
 
-def metadata_for(benchmark: str, knowledge_prompts: int = 500) -> list[dict]:
+def metadata_for(benchmark: str, knowledge_prompts: int = 500,
+                 knowledge_split: str = "heldout") -> list[dict]:
     from procpaint.evaluation import geneval, knowledge
 
     if benchmark == "geneval":
         return geneval.default_metadata()
-    return knowledge.generate_metadata(knowledge_prompts)
+    return knowledge.generate_metadata(knowledge_prompts, split=knowledge_split)
+
+
+def bench_folder(benchmark: str, knowledge_split: str = "heldout") -> str:
+    """``knowledge`` holds the held-out facts' results; another split gets ``knowledge-<split>``."""
+    if benchmark != "knowledge" or knowledge_split == "heldout":
+        return benchmark
+    return f"knowledge-{knowledge_split}"
+
+
+def split_label(benchmark: str, knowledge_split: str) -> str:
+    from procpaint.evaluation.knowledge import SPLIT_NAMES
+
+    return f" ({SPLIT_NAMES[knowledge_split]} facts)" if benchmark == "knowledge" else ""
 
 
 def parse_ckpts(items: list[str]) -> list[tuple[str, Path]]:
@@ -96,12 +118,13 @@ def check_vocabulary(name: str, generator, bench: str, meta: list[dict]) -> None
 def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS, modes=MODES,
              images_per_prompt: int = 4, limit: int | None = None, batch_size: int = 16, seed: int = 0,
              workers: int = 1, sampling=None, show_progress: bool = True, keep_stages: bool = False,
-             diagnostics: bool = False) -> list[dict]:
+             diagnostics: bool = False, knowledge_split: str = "heldout") -> list[dict]:
     """Generate + score every (run, mode, benchmark); ``runs`` holds (name, generator) pairs.
 
     ``sampling``: parsed sampling flags (procpaint.inference.options); unset ones come from each
     checkpoint's training config. ``keep_stages``: keep every stage image; ``diagnostics``: keep
     them in :data:`DIAGNOSED_MODES` and write the process diagnostics of those folders.
+    ``knowledge_split``: the facts the knowledge benchmark asks about (module docstring).
 
     The generator objects are injected (tests pass fakes); returns the summary rows.
     """
@@ -111,7 +134,10 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
     from procpaint.evaluation.oracle import OracleInspector
     from procpaint.inference.options import generation_config
 
-    metas = {b: stratified(metadata_for(b), limit) for b in benchmarks}   # --limit still covers every tag
+    if knowledge_split not in KNOWLEDGE_SPLITS:
+        raise UsageError(f"knowledge split must be one of {KNOWLEDGE_SPLITS}, got {knowledge_split!r}")
+    metas = {b: stratified(metadata_for(b, knowledge_split=knowledge_split), limit)   # --limit: every tag
+             for b in benchmarks}
     for name, generator in runs:                  # every prompt readable before anything runs
         for bench, meta in metas.items():
             check_vocabulary(name, generator, bench, meta)
@@ -124,13 +150,13 @@ def evaluate(runs: list[tuple[str, object]], out: Path, *, benchmarks=BENCHMARKS
                 raise UsageError(str(exc)) from exc
             diagnose = diagnostics and mode in DIAGNOSED_MODES
             for bench, meta in metas.items():
-                folder = Path(out) / name / mode / bench
+                folder = Path(out) / name / mode / bench_folder(bench, knowledge_split)
                 stats = runner.generate_dir(generator, meta, folder, cfg, images_per_prompt=images_per_prompt,
                                             batch_size=batch_size, show_progress=show_progress,
                                             workers=workers, keep_stages=keep_stages or diagnose,
                                             critic=OracleInspector() if mode == "oracle" else None)
-                print(f"{name}/{mode}/{bench}: generated {stats['generated']}, kept {stats['skipped']}",
-                      file=sys.stderr)
+                print(f"{name}/{mode}/{bench}{split_label(bench, knowledge_split)}: generated "
+                      f"{stats['generated']}, kept {stats['skipped']}", file=sys.stderr)
                 runner.score_dir(folder, meta, show_progress=show_progress, workers=workers)
                 if diagnose:
                     diag.write(folder, diag.diagnose(folder, meta, workers=workers,
@@ -195,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score", type=Path, help="score the images in this GenEval-layout folder")
     ap.add_argument("--metadata", type=Path, help="evaluation_metadata.jsonl for --score")
     ap.add_argument("--write-metadata", choices=BENCHMARKS, help="write a benchmark's prompt set to --out")
+    ap.add_argument("--knowledge-split", choices=KNOWLEDGE_SPLITS, default="heldout",
+                    help="facts the knowledge benchmark asks about: heldout (default; in the fact corpus, "
+                         "never in a training image prompt) or trained (folder knowledge-trained)")
     ap.add_argument("--tables", type=Path, help="rebuild summary.json/md from scored folders under DIR")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--keep-stages", action="store_true",
@@ -219,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_metadata:
             from procpaint.evaluation.layout import write_jsonl
 
-            write_jsonl(args.out, metadata_for(args.write_metadata))
+            write_jsonl(args.out, metadata_for(args.write_metadata, knowledge_split=args.knowledge_split))
             print(f"wrote {args.out}")
             return 0
         if args.tables:
@@ -250,8 +279,12 @@ def main(argv: list[str] | None = None) -> int:
                         modes=MODES if args.mode == "all" else (args.mode,),
                         images_per_prompt=args.images_per_prompt, limit=args.limit,
                         batch_size=args.batch_size, seed=args.seed, sampling=args, show_progress=show,
-                        workers=workers, keep_stages=args.keep_stages, diagnostics=args.diagnostics)
+                        workers=workers, keep_stages=args.keep_stages, diagnostics=args.diagnostics,
+                        knowledge_split=args.knowledge_split)
         from procpaint.evaluation.tables import markdown
+        if args.benchmark in ("knowledge", "all"):
+            print(f"knowledge benchmark:{split_label('knowledge', args.knowledge_split)} "
+                  f"(folder {bench_folder('knowledge', args.knowledge_split)})")
         print(markdown(rows))
         return 0
     except UsageError as exc:

@@ -13,7 +13,8 @@ from ..world.prompts import TAGS
 FORMAT_VERSION = 1
 # What the procedural builder writes for the same knobs; bump when that changes (caches and
 # resumable builds keyed on it rebuild). 2: a flawed draft is context (loss false), never an MSE target.
-BUILDER_REVISION = 2
+# 3: multi-turn holds fact-corpus records and knowledge-prompt trajectories (fact_share, knowledge_share).
+BUILDER_REVISION = 3
 SUBSETS = ("multiturn", "conflict", "alignment")
 SELF_KEYS = ("self_rounds", "self_temperature", "self_attempts", "self_batch")
 
@@ -35,6 +36,14 @@ class BuildConfig:
                                              # layout per prompt; procpaint.world.scene.realize)
     verify_images: float = 1.0               # share of rendered images re-checked by the detector
     shard_size: int = 1000                   # records per JSONL shard
+    # Knowledge (procpaint.world.facts): a share of multi-turn records are text-only fact-corpus
+    # records (kind "fact", CE only), a share are trajectories whose prompt names a *trained* fact
+    # (their plans resolve it); held-out facts are never in an image prompt. Both are off when the
+    # tag mix has none of colors / counting / position (the scenes knowledge prompts resolve to).
+    fact_share: float = 0.1                  # share of multi-turn records that are fact-corpus text
+    knowledge_share: float = 0.1             # share of multi-turn records with a knowledge prompt
+    knowledge_heldout: float = 0.5           # share of each category's facts held out (split_facts)
+    knowledge_split_seed: int = 0            # seed of that split (the benchmark's default is 0)
     # Composite and counting prompts give the long trajectories (paper: 3.51 images on average).
     tag_weights: dict = field(default_factory=lambda: {t: 3.0 if t == "composite" else 1.5 if t == "counting"
                                                        else 1.0 for t in TAGS})
@@ -49,10 +58,13 @@ class BuildConfig:
 
     def __post_init__(self):
         for k in ("conflict_positive", "alignment_positive", "edit_share", "refine_share",
-                  "heldout_fraction", "verify_images"):
+                  "heldout_fraction", "verify_images", "fact_share", "knowledge_share", "knowledge_heldout"):
             v = getattr(self, k)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"BuildConfig.{k} must be in [0, 1], got {v}")
+        if self.fact_share + self.knowledge_share > 1.0:
+            raise ValueError(f"BuildConfig.fact_share + knowledge_share must be <= 1, got "
+                             f"{self.fact_share} + {self.knowledge_share}")
         for k in ("multiturn", "conflict", "alignment"):
             if getattr(self, k) < 0:
                 raise ValueError(f"BuildConfig.{k} must be >= 0, got {getattr(self, k)}")

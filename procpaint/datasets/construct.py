@@ -21,13 +21,17 @@ import numpy as np
 
 from ..world.critiques import Critique, critique_text
 from ..world.edit import EditError, apply_ops
+from ..world.facts import Fact, prompt_for, split_facts
 from ..world.judge import compare_plan, compare_state
-from ..world.language import OP_NAMES, Add, SetAttr, Swap, plan_text, prompt_text, refine_text
-from ..world.prompts import TAGS, sample_split_prompt
+from ..world.language import OP_NAMES, PREFIXES, Add, SetAttr, Swap, plan_text, prompt_text, refine_text
+from ..world.prompts import TAGS, is_heldout, sample_split_prompt
 from ..world.scene import COLORS, INVERSE, SHAPES, SIZES, Obj, Placed, State, realize, relation_holds
 from .config import BuildConfig
 
 ERROR_KINDS = ("color", "shape", "size", "missing", "extra", "count", "relation")
+# The GenEval tag whose scenes a knowledge prompt of each form resolves to: a knowledge prompt is
+# built only when its tag is in the build's tag mix (a single-object probe gets none).
+FORM_TAGS = {"color": "colors", "shape": "colors", "count": "counting", "space": "position"}
 ALL_OBJECTS = tuple(Obj(s, c, z) for s in SHAPES for c in COLORS for z in SIZES)
 
 
@@ -137,10 +141,36 @@ def draw_tag(cfg: BuildConfig, rng: np.random.Generator) -> str:
     return tags[int(np.searchsorted(cdf / cdf[-1], rng.random(), side="right"))]
 
 
+def knowledge_facts(cfg: BuildConfig) -> tuple[Fact, ...]:
+    """The trained facts whose form's tag (:data:`FORM_TAGS`) has a positive weight in ``cfg``."""
+    trained = split_facts(cfg.knowledge_heldout, cfg.knowledge_split_seed)["trained"]
+    return tuple(f for f in trained if cfg.tag_weights.get(FORM_TAGS[f.form], 0) > 0)
+
+
+def knowledge_prompt(cfg: BuildConfig, rng: np.random.Generator,
+                     tries: int = 100) -> tuple[Fact, str, object]:
+    """(fact, prompt text, resolved spec): a trained fact drawn uniformly, named in a training image
+    prompt; its resolved scene is never one of the held-out GenEval prompts (``heldout_fraction``)."""
+    facts = knowledge_facts(cfg)
+    if not facts:
+        raise ValueError("no trained fact has a form whose tag is in BuildConfig.tag_weights")
+    fact = facts[int(rng.integers(len(facts)))]
+    for _ in range(tries):
+        text, spec = prompt_for(fact, rng)
+        if not is_heldout(spec, cfg.heldout_fraction):
+            return fact, f"{PREFIXES[int(rng.integers(len(PREFIXES)))]} {text}", spec
+    raise RuntimeError(f"no training scene for fact {fact.id!r} in {tries} tries "
+                       f"(held-out fraction {cfg.heldout_fraction})")
+
+
 def trajectory(cfg: BuildConfig, rng: np.random.Generator, prng: random.Random,
-               refine: bool = True) -> Trajectory:
-    tag = draw_tag(cfg, rng)
-    spec = sample_split_prompt(rng, tag, cfg.heldout_fraction, heldout=False)
+               refine: bool = True, prompt: tuple[str, str, object] | None = None) -> Trajectory:
+    """A seeded trajectory of a drawn training prompt, or of ``prompt`` = (tag, text, spec)."""
+    if prompt is None:
+        tag = draw_tag(cfg, rng)
+        spec, text = sample_split_prompt(rng, tag, cfg.heldout_fraction, heldout=False), None
+    else:
+        tag, text, spec = prompt
     final = realize(spec, rng, layout=cfg.layout)
     objs, n, budget = list(final.objects), len(final.objects), cfg.max_images
     rel = spec.relations[0] if spec.relations else None   # (uid a, rel, uid b): uids are indices
@@ -218,7 +248,7 @@ def trajectory(cfg: BuildConfig, rng: np.random.Generator, prng: random.Random,
                 rd = Round(ops, state, plan, draft, critique_text(crit, prng), refine_text(fix, prng), kind)
         images += 1 + (rd.refine is not None)
         rounds.append(rd)
-    return Trajectory(tag, prompt_text(spec, prng), spec, rounds)
+    return Trajectory(tag, text if text is not None else prompt_text(spec, prng), spec, rounds)
 
 
 def op_names(t: Trajectory) -> list[str]:

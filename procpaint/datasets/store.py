@@ -3,7 +3,7 @@
 Layout (data/README.md)::
 
     DIR/manifest.json                      written last: its presence means "complete"
-    DIR/tokenizer.json                     WordLevel over the world's + knowledge benchmark's words
+    DIR/tokenizer.json                     WordLevel over the world's + knowledge facts' words
     DIR/<subset>/shard-00000.jsonl         one record per line
     DIR/<subset>/shard-00000.stats.json    per-shard statistics (resume bookkeeping)
     DIR/<subset>/images/00000/*.png        images, referenced by relative path
@@ -153,10 +153,12 @@ def _merge(stats: list[dict]) -> dict:
 
 
 def dataset_vocabulary() -> list[str]:
-    """The words of the built tokenizer: the world's grammar plus the knowledge benchmark's prompts.
+    """The words of the built tokenizer: the world's grammar plus the knowledge benchmark's prompts
+    and the fact corpus (procpaint.world.facts.vocabulary).
 
-    The knowledge words never occur in training text (their embeddings stay as initialised); they are
-    in the vocabulary so that every checkpoint trained on a built dataset can read that benchmark.
+    The fact words occur in training text through the fact-corpus records and the trained facts'
+    prompts (BuildConfig.fact_share, knowledge_share); every checkpoint trained on a built dataset can
+    read the knowledge benchmark's prompts, held-out facts included.
     """
     from ..world.facts import vocabulary as knowledge_vocabulary
 

@@ -3,7 +3,8 @@
 
 - :func:`final_only` — the single-pass baseline: prompt -> the trajectory's final image, noised copy
   only (BAGEL's text-to-image layout: a clean copy would spend ~half the sample's tokens on nothing
-  but an EOS label, and single-pass inference ends with its image anyway).
+  but an EOS label, and single-pass inference ends with its image anyway). Fact-corpus records (text
+  only) pass unchanged: both rows of the knowledge comparison read the same facts.
 - :func:`without_self_critique` — plan + sketch rounds with no INSPECT critique and no refine: a
   refined round keeps its corrected image in place of the flawed draft.
 """
@@ -16,7 +17,10 @@ from procpaint.sequence.types import ImageSegment, Sample, TextSegment
 
 
 def final_only(sample: Sample) -> Sample | None:
-    """Prompt + last generated image (loss, no clean copy); None for samples without a generated image."""
+    """Prompt + last generated image (loss, no clean copy); a fact-corpus sample unchanged; None for
+    other samples without a generated image."""
+    if sample.kind == "fact":
+        return sample
     prompt = [s for s in sample.segments if isinstance(s, TextSegment) and s.role == "prompt"]
     images = [s for s in sample.segments if isinstance(s, ImageSegment) and s.loss]
     if not prompt or not images:

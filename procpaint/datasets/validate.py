@@ -12,7 +12,8 @@ from PIL import Image
 from ..sequence.tokenizer import SPECIAL_TOKENS, TAGS, TextTokenizer, UnknownWordsError
 from .config import FORMAT_VERSION, SUBSETS
 
-ROLES = {"prompt", "plan", "critique", "refine", "instruction", "text", "image"}
+ROLES = {"prompt", "plan", "critique", "refine", "instruction", "text", "fact", "image"}
+KINDS = (*SUBSETS, "single_pass", "fact")      # fact: a text-only fact-corpus record (any subset)
 LABELS = (None, "positive", "negative")
 _PLAN = re.compile(r"^<ins>[^<>]+</ins><des>[^<>]+</des>$")
 _REFINE = re.compile(r"^<refine>[^<>]+</refine>$")
@@ -44,8 +45,8 @@ def check_record(rec, root: Path, tok: TextTokenizer | None, *, images: bool = T
     for key, typ in (("id", str), ("kind", str), ("segments", list), ("eos", bool)):
         if not isinstance(rec.get(key), typ):
             errs.append((key, f"missing or not a {typ.__name__}"))
-    if isinstance(rec.get("kind"), str) and rec["kind"] not in (*SUBSETS, "single_pass"):
-        errs.append(("kind", f"{rec['kind']!r} is not one of {SUBSETS}"))
+    if isinstance(rec.get("kind"), str) and rec["kind"] not in KINDS:
+        errs.append(("kind", f"{rec['kind']!r} is not one of {KINDS}"))
     if rec.get("label") not in LABELS:
         errs.append(("label", f"{rec.get('label')!r} is not one of {LABELS}"))
     segs = rec.get("segments") if isinstance(rec.get("segments"), list) else []
@@ -60,6 +61,8 @@ def check_record(rec, root: Path, tok: TextTokenizer | None, *, images: bool = T
             continue
         if not isinstance(s.get("loss"), bool):
             errs.append((f"{f}.loss", "missing or not a boolean"))
+        if rec.get("kind") == "fact" and (s.get("type") != "text" or s.get("role") != "fact"):
+            errs.append((f, "a fact record holds only text segments of role 'fact'"))
         if s.get("role", "text") not in ROLES:
             errs.append((f"{f}.role", f"{s.get('role')!r} is not one of {sorted(ROLES)}"))
         if s.get("type") == "text":

@@ -18,8 +18,12 @@ Categories follow WISE's six (cultural common sense, time, space, and natural sc
 biology, physics, chemistry) and the default set keeps WISE's prompt shares (400/167/133/100/100/100
 of 1000); the overall score is the prompt-share weighted mean over categories, as WISE's overall.
 
-The words of these prompts are outside the world's training grammar: :func:`vocabulary` lists them
-so a tokenizer can be extended; a model trained only on the world's grammar has never seen them.
+**Held-out facts.** The built training data states every fact in a text-only fact corpus and uses
+only the ``trained`` half of :func:`procpaint.world.facts.split_facts` in image prompts (whose plans
+resolve the fact). By default the benchmark asks about ``heldout`` facts only, which a model has read
+but never painted: a single-pass model must map the phrase to pixels directly, a process model can
+write the resolved plan first. ``split="trained"`` asks about the trained facts instead (labelled:
+each line carries ``split`` and ``fact``), so the gap between the two is visible.
 """
 
 from __future__ import annotations
@@ -32,50 +36,49 @@ from ..world.facts import (  # noqa: F401  (re-exported: the benchmark's names)
     CATEGORIES,
     COLOR_FACTS,
     COUNT_FACTS,
+    FACTS,
+    FORMS,
+    HELDOUT_SHARE,
     SHAPE_FACTS,
     SPACE_FACTS,
+    SPLITS,
     WISE_SHARES,
+    prompt_for,
+    split_facts,
     vocabulary,
 )
 from ..world.judge import compare_state
-from ..world.scene import COLORS, PLURALS, SHAPES, Obj, Spec, satisfies
+from ..world.scene import Obj, Spec, satisfies
 from .geneval import spec_from_json, spec_to_json
 
-
-def _facts_forms(category: str) -> list[str]:
-    if category == "space":
-        return ["space"]
-    return [f for f, table in (("color", COLOR_FACTS), ("shape", SHAPE_FACTS), ("count", COUNT_FACTS))
-            if table.get(category)]
+SPLIT_NAMES = {"heldout": "held-out", "trained": "trained", "all": "all"}
 
 
-def make_prompt(rng: np.random.Generator, category: str) -> dict:
-    """One metadata line: category, form, prompt text, resolved scene graph."""
+def facts_of(split: str = "heldout", share: float = HELDOUT_SHARE, split_seed: int = 0) -> tuple:
+    """The facts a benchmark of ``split`` ("heldout", "trained" or "all") asks about."""
+    if split == "all":
+        return FACTS
+    if split not in SPLITS:
+        raise ValueError(f"unknown knowledge split {split!r}; known: {(*SPLITS, 'all')}")
+    return split_facts(share, split_seed)[split]
+
+
+def make_prompt(rng: np.random.Generator, category: str, split: str = "heldout", *,
+                share: float = HELDOUT_SHARE, split_seed: int = 0) -> dict:
+    """One metadata line: category, form, fact, split, prompt text, resolved scene graph. The form is
+    drawn among those ``category`` has facts of in ``split``, then a fact of that form."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown knowledge category {category!r}; known: {CATEGORIES}")
-    forms = _facts_forms(category)
+    pool = [f for f in facts_of(split, share, split_seed) if f.category == category]
+    forms = [f for f in FORMS if any(x.form == f for x in pool)]
+    if not forms:
+        raise ValueError(f"no {split} facts of category {category!r} (held-out share {share})")
     form = forms[rng.integers(len(forms))]
-    pick = lambda table: sorted(table.items())[rng.integers(len(table))]    # noqa: E731
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    color = COLORS[rng.integers(len(COLORS))]
-    if form == "color":
-        fact, color = pick(COLOR_FACTS[category])
-        art = "an" if shape[0] in "aeiou" else "a"
-        text, spec = f"{art} {shape} the color of {fact}", Spec((Obj(shape, color),))
-    elif form == "shape":
-        fact, shape = pick(SHAPE_FACTS[category])
-        text, spec = f"a {color} shape {fact}", Spec((Obj(shape, color),))
-    elif form == "count":
-        fact, n = pick(COUNT_FACTS[category])
-        text, spec = f"as many {color} {PLURALS[shape]} as {fact}", Spec((Obj(shape, color),) * n)
-    else:
-        fact, rel = pick(SPACE_FACTS)
-        a, b = (SHAPES[i] for i in rng.permutation(len(SHAPES))[:2])
-        ca, cb = (COLORS[i] for i in rng.permutation(len(COLORS))[:2])
-        text = f"a {ca} {a} and a {cb} {b}. " + fact.format(a=a, b=b) + "."
-        spec = Spec((Obj(a, ca), Obj(b, cb)), ((0, rel, 1),))
-    return {"tag": category, "category": category, "form": form, "prompt": f"a photo of {text}",
-            "spec": spec_to_json(spec), **_clauses(spec)}
+    cands = sorted((f for f in pool if f.form == form), key=lambda f: f.phrase)
+    fact = cands[rng.integers(len(cands))]
+    text, spec = prompt_for(fact, rng)
+    return {"tag": category, "category": category, "form": form, "split": split, "fact": fact.id,
+            "prompt": f"a photo of {text}", "spec": spec_to_json(spec), **_clauses(spec)}
 
 
 def _clauses(spec: Spec) -> dict:
@@ -99,15 +102,19 @@ def _clauses(spec: Spec) -> dict:
     return out
 
 
-def generate_metadata(n: int = 500, seed: int = 0, shares: dict[str, int] | None = None) -> list[dict]:
-    """``n`` knowledge prompts split over categories by ``shares`` (default WISE's), seeded."""
+def generate_metadata(n: int = 500, seed: int = 0, shares: dict[str, int] | None = None,
+                      split: str = "heldout", *, share: float = HELDOUT_SHARE,
+                      split_seed: int = 0) -> list[dict]:
+    """``n`` knowledge prompts split over categories by ``shares`` (default WISE's), seeded, about the
+    facts of ``split`` (default the held-out facts; ``share`` / ``split_seed`` as the data was built
+    with, procpaint.datasets.BuildConfig.knowledge_heldout / knowledge_split_seed)."""
     shares = shares or WISE_SHARES
     total = sum(shares.values())
     counts = {c: int(round(n * shares.get(c, 0) / total)) for c in CATEGORIES}
     out = []
     for k, c in enumerate(CATEGORIES):
         rng = np.random.default_rng([seed, 6151, k])
-        out += [make_prompt(rng, c) for _ in range(counts[c])]
+        out += [make_prompt(rng, c, split, share=share, split_seed=split_seed) for _ in range(counts[c])]
     return out
 
 

@@ -44,7 +44,8 @@ def row(run: str, mode: str, benchmark: str, folder: Path) -> dict:
     results = load_results(folder / "results.jsonl")
     meta = folder / "evaluation_metadata.jsonl"
     n = len(read_jsonl(meta)) if meta.is_file() else 0
-    out = {"run": run, "mode": mode, "benchmark": benchmark, "scores": summarize("knowledge" if benchmark in KNOWLEDGE_FACTS else benchmark, results),
+    rule = "knowledge" if benchmark in KNOWLEDGE_FACTS else benchmark
+    out = {"run": run, "mode": mode, "benchmark": benchmark, "scores": summarize(rule, results),
            "cost": cost_summary(folder, n) if n else {}, "folder": str(folder)}
     train = folder.parent.parent / "train_summary.json"        # <out>/<run>/train_summary.json
     if train.is_file():
@@ -137,8 +138,8 @@ def markdown(rows: list[dict], train: dict[str, dict] | None = None) -> str:
              for r in gen]))
     kn = [r for r in rows if r["benchmark"] in KNOWLEDGE_FACTS]
     if kn:
-        parts.append("## Knowledge (WISE analogue; overall weighted by prompt share; Facts: held-out = in the "
-                     "fact corpus only, trained = also in training image prompts)\n\n" + _table(
+        parts.append("## Knowledge (WISE analogue; overall weighted by prompt share; Facts: held-out = in "
+                     "the fact corpus only, trained = also in training image prompts)\n\n" + _table(
             ["Model", "Mode", "Facts", *KNOWLEDGE_COLUMNS.values(), "Overall", "Overall 95% CI", "Images"],
             [[r["run"], r["mode"], KNOWLEDGE_FACTS[r["benchmark"]],
               *(_fmt(r["scores"].get(c)) for c in KNOWLEDGE_COLUMNS),

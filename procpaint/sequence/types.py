@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-Role = Literal["prompt", "plan", "critique", "refine", "instruction", "image", "text"]
+Role = Literal["prompt", "plan", "critique", "refine", "instruction", "image", "text", "fact"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ Segment = TextSegment | ImageSegment
 class Sample:
     segments: list[Segment]
     eos: bool = False                                             # EOS is a CE target at the end
-    kind: Literal["multiturn", "conflict", "alignment", "single_pass"] = "multiturn"
+    kind: Literal["multiturn", "conflict", "alignment", "single_pass", "fact"] = "multiturn"  # fact: text
     id: str = ""
     meta: dict = field(default_factory=dict)                      # source file/line, prompt, tags
 

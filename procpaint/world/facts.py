@@ -1,17 +1,33 @@
 """Facts of the painting world's knowledge benchmark: indirect names of colours, shapes, counts
 and relations ("the color of a ripe banana" -> yellow), grouped in WISE's six categories.
 
+Knowledge enters the model through text (docs: DESIGN.md, "Knowledge enters through text"):
+
+- :data:`FACTS` lists every fact once (form, category, phrase, answer);
+- :func:`statements` says each one in several phrasings; :func:`fact_corpus` is all of them, the
+  text-only, cross-entropy-only training samples the builder writes (procpaint.datasets.records);
+- :func:`split_facts` splits each (category, form) stratum of facts, seeded and deterministic, into
+  ``trained`` facts (in the corpus and in training image prompts whose plans resolve them) and
+  ``heldout`` facts (in the corpus only; the knowledge benchmark asks about these);
+- :func:`prompt_for` writes the image prompt that names a fact's answer through the fact (the
+  benchmark's and the builder's), :func:`asked_pattern` finds a fact asked that way in any text.
+
 These are words of the world, so they live here: the tokenizer's vocabulary
-(procpaint.datasets.store.dataset_vocabulary) and the benchmark that asks with them
-(procpaint.evaluation.knowledge) both read this module.
+(procpaint.datasets.store.dataset_vocabulary), the builder and the benchmark that asks with them
+(procpaint.evaluation.knowledge) all read this module.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from .language import NUMBERS
-from .scene import COLORS, PLURALS, SHAPES
+from .scene import COLORS, PLURALS, SHAPES, Obj, Spec
 
 CATEGORIES = ("cultural", "time", "space", "biology", "physics", "chemistry")
 WISE_SHARES = {"cultural": 400, "time": 167, "space": 133, "biology": 100, "physics": 100, "chemistry": 100}
@@ -85,8 +101,131 @@ SPACE_FACTS = {
 }
 
 
+FORMS = ("color", "shape", "count", "space")
+SPLITS = ("heldout", "trained")
+HELDOUT_SHARE = 0.5         # share of each (category, form) stratum's facts held out by default
+
+
+@dataclass(frozen=True)
+class Fact:
+    form: str                   # one of FORMS
+    category: str               # one of CATEGORIES
+    phrase: str                 # the tables' key ("a ripe banana"; a space template with {a}, {b})
+    answer: object              # colour, shape, count (int) or relation
+
+    @property
+    def id(self) -> str:
+        return f"{self.form}:{self.category}:{self.phrase}"
+
+
+def _all_facts() -> tuple[Fact, ...]:
+    out = [Fact(form, c, k, v) for form, tables in (("color", COLOR_FACTS), ("shape", SHAPE_FACTS),
+                                                    ("count", COUNT_FACTS))
+           for c in CATEGORIES for k, v in tables.get(c, {}).items()]
+    out += [Fact("space", "space", k, v) for k, v in SPACE_FACTS.items()]
+    return tuple(out)
+
+
+FACTS = _all_facts()
+
+
+@lru_cache(maxsize=16)
+def split_facts(share: float = HELDOUT_SHARE, seed: int = 0) -> dict[str, tuple[Fact, ...]]:
+    """{"heldout": facts, "trained": facts}: each (category, form) stratum ordered by a seeded hash of
+    its facts' ids, the first ``round(n * share)`` held out (at least one held out and one trained
+    where a stratum has two or more and 0 < share < 1; a lone fact is held out when share >= 0.5).
+    A pure function of (share, seed): the builder and the benchmark agree without sharing state."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"held-out share of facts must be in [0, 1], got {share}")
+    held, trained = [], []
+    for c in CATEGORIES:
+        for form in FORMS:
+            group = sorted((f for f in FACTS if f.category == c and f.form == form),
+                           key=lambda f: hashlib.blake2b(f"{seed}:{f.id}".encode(), digest_size=8).digest())
+            n = len(group)
+            k = int(n * share + 0.5)
+            if 0.0 < share < 1.0 and n >= 2:
+                k = min(max(k, 1), n - 1)
+            held += group[:k]
+            trained += group[k:]
+    return {"heldout": tuple(held), "trained": tuple(trained)}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _stated_count(fact: Fact) -> str:
+    """"there are seasons in a year" -> "there are four seasons in a year" (the number after the verb)."""
+    m = re.match(r"^(there are|.*? has) (.*)$", fact.phrase)
+    if m is None:
+        raise ValueError(f"count fact {fact.phrase!r} has no 'has' / 'there are' to put its number after")
+    return f"{m.group(1)} {NUMBERS[fact.answer]} {m.group(2)}"
+
+
+def _shape_pairs(fact: Fact, k: int) -> list[tuple[str, str]]:
+    """``k`` distinct (a, b) shape pairs for a space fact's statements, fixed by the fact."""
+    key = hashlib.blake2b(fact.id.encode(), digest_size=4).digest()
+    rng = np.random.default_rng(int.from_bytes(key, "little"))
+    pairs = [(a, b) for a in SHAPES for b in SHAPES if a != b]
+    return [pairs[i] for i in rng.permutation(len(pairs))[:k]]
+
+
+def statements(fact: Fact) -> tuple[str, ...]:
+    """The fact in several phrasings (each names the fact's phrase and its answer)."""
+    p, a = fact.phrase, fact.answer
+    if fact.form == "color":
+        return (f"the color of {p} is {a}.", f"{a} is the color of {p}.",
+                f"anything the color of {p} is {a}.")
+    if fact.form == "shape":
+        return (f"a shape {p} is {_article(a)} {a}.", f"the {a} is a shape {p}.",
+                f"something {p} has the shape of {_article(a)} {a}.")
+    if fact.form == "count":
+        n = NUMBERS[a]
+        return (f"{_stated_count(fact)}.", f"as many as {p} means {n}.", f"{n} is as many as {p}.")
+    (a1, b1), (a2, b2) = _shape_pairs(fact, 2)
+    return (f"if {p.format(a='first', b='second')}, then the first is {a} the second.",
+            f"if {p.format(a=a1, b=b1)}, then the {a1} is {a} the {b1}.",
+            f"when {p.format(a=a2, b=b2)}, the {a2} is {a} the {b2}.")
+
+
+def fact_corpus(facts=None) -> list[tuple[Fact, str]]:
+    """(fact, statement) for every statement of ``facts`` (default: all), in a fixed order."""
+    return [(f, s) for f in (FACTS if facts is None else facts) for s in statements(f)]
+
+
+def prompt_for(fact: Fact, rng: np.random.Generator) -> tuple[str, Spec]:
+    """(prompt text without its "a photo of" prefix, resolved scene graph) naming ``fact``'s answer
+    through the fact; the other attributes (shape, colour, the space fact's objects) are drawn."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    color = COLORS[rng.integers(len(COLORS))]
+    if fact.form == "color":
+        return f"{_article(shape)} {shape} the color of {fact.phrase}", Spec((Obj(shape, fact.answer),))
+    if fact.form == "shape":
+        return f"a {color} shape {fact.phrase}", Spec((Obj(fact.answer, color),))
+    if fact.form == "count":
+        return (f"as many {color} {PLURALS[shape]} as {fact.phrase}",
+                Spec((Obj(shape, color),) * fact.answer))
+    a, b = (SHAPES[i] for i in rng.permutation(len(SHAPES))[:2])
+    ca, cb = (COLORS[i] for i in rng.permutation(len(COLORS))[:2])
+    text = f"a {ca} {a} and a {cb} {b}. " + fact.phrase.format(a=a, b=b) + "."
+    return text, Spec((Obj(a, ca), Obj(b, cb)), ((0, fact.answer, 1),))
+
+
+def asked_pattern(fact: Fact) -> re.Pattern:
+    """Where a text asks for ``fact`` the way :func:`prompt_for` does ("the color of a ripe banana",
+    "shape like a wheel", "as there are seasons in a year", a space template with any two shapes)."""
+    if fact.form == "space":
+        shapes = "(?:" + "|".join(SHAPES) + ")"
+        body = re.escape(fact.phrase).replace(re.escape("{a}"), shapes).replace(re.escape("{b}"), shapes)
+    else:
+        lead = {"color": "the color of ", "shape": "shape ", "count": "as "}[fact.form]
+        body = re.escape(lead + fact.phrase)
+    return re.compile(r"(?<![a-z])" + body + r"(?![a-z])")
+
+
 def vocabulary(metadata: list[dict] | None = None) -> list[str]:
-    """Every word the knowledge prompts can use (or those of ``metadata``), sorted."""
+    """Every word the knowledge prompts and the fact corpus can use (or those of ``metadata``), sorted."""
     texts = [m["prompt"] for m in metadata] if metadata is not None else _all_texts()
     return sorted({w for t in texts for w in re.findall(r"[a-z]+|[.,:]", t.lower())})
 
@@ -96,4 +235,5 @@ def _all_texts() -> list[str]:
     texts = [k for table in words for k in table] + list(SPACE_FACTS)
     texts += [" ".join((*COLORS, *SHAPES, *PLURALS.values(), *NUMBERS)),
               "a an photo of the color shape as many and . where is"]
+    texts += [s for _, s in fact_corpus()]
     return [t.replace("{a}", "").replace("{b}", "") for t in texts]

@@ -189,7 +189,7 @@ def test_parsers_of_the_process():
 
 
 def test_evaluate_default_output_is_unchanged_and_diagnostics_opt_in(tmp_path, oracle, monkeypatch):
-    monkeypatch.setattr(cli, "metadata_for", lambda b: META)
+    monkeypatch.setattr(cli, "metadata_for", lambda b, **_: META)
     gen = ScriptedGenerator(oracle)
     kw = dict(benchmarks=("geneval",), modes=("process", "single-pass"), images_per_prompt=1, limit=4,
               show_progress=False)

@@ -92,9 +92,25 @@ class FakeGenerator:
         return out
 
 
+def test_knowledge_split_is_labelled_and_kept_apart(tmp_path, oracle, monkeypatch, capsys):
+    metas = {s: knowledge.generate_metadata(12, seed=4, split=s) for s in ("heldout", "trained")}
+    monkeypatch.setattr(cli, "metadata_for", lambda b, knowledge_split="heldout": metas[knowledge_split])
+    fake = FakeGenerator(oracle, list(metas.values()))
+    for split in ("heldout", "trained"):
+        cli.evaluate([("tiny", fake)], tmp_path, benchmarks=("knowledge",), modes=("process",),
+                     images_per_prompt=1, show_progress=False, knowledge_split=split)
+    assert "(held-out facts)" in capsys.readouterr().err
+    for folder, split in (("knowledge", "heldout"), ("knowledge-trained", "trained")):
+        lines = layout.read_jsonl(tmp_path / "tiny" / "process" / folder / "evaluation_metadata.jsonl")
+        assert {m["split"] for m in lines} == {split}
+    md = (tmp_path / "summary.md").read_text()
+    assert "| Model | Mode | Facts | Cultural |" in md
+    assert "| tiny | process | held-out |" in md and "| tiny | process | trained |" in md
+
+
 def test_generation_path_with_fake_generator_resumes(tmp_path, oracle, monkeypatch):
     gen_meta, kn_meta = _tiny_geneval(), knowledge.generate_metadata(12, seed=4)
-    monkeypatch.setattr(cli, "metadata_for", lambda b: gen_meta if b == "geneval" else kn_meta)
+    monkeypatch.setattr(cli, "metadata_for", lambda b, **_: gen_meta if b == "geneval" else kn_meta)
     fake = FakeGenerator(oracle, [gen_meta, kn_meta])
     rows = cli.evaluate([("tiny", fake)], tmp_path, modes=("process", "single-pass"), images_per_prompt=2,
                         batch_size=5, show_progress=False)
@@ -122,7 +138,7 @@ def test_generation_path_with_fake_generator_resumes(tmp_path, oracle, monkeypat
 
 def test_limit_and_tables_rebuild(tmp_path, oracle, monkeypatch, capsys):
     gen_meta = _tiny_geneval()
-    monkeypatch.setattr(cli, "metadata_for", lambda b: gen_meta)
+    monkeypatch.setattr(cli, "metadata_for", lambda b, **_: gen_meta)
     cli.evaluate([("a", FakeGenerator(oracle, [gen_meta]))], tmp_path, benchmarks=("geneval",),
                  modes=("planner",), images_per_prompt=1, limit=3, show_progress=False)
     folder = tmp_path / "a" / "planner" / "geneval"
@@ -140,7 +156,7 @@ def test_unreadable_prompts_stop_before_any_image(tmp_path, oracle, monkeypatch)
     from procpaint.world import vocabulary
 
     gen_meta, kn_meta = _tiny_geneval(), knowledge.generate_metadata(12, seed=4)
-    monkeypatch.setattr(cli, "metadata_for", lambda b: gen_meta if b == "geneval" else kn_meta)
+    monkeypatch.setattr(cli, "metadata_for", lambda b, **_: gen_meta if b == "geneval" else kn_meta)
     fake = FakeGenerator(oracle, [gen_meta, kn_meta])
     fake.encode_prompt = TextTokenizer(build_word_level(vocabulary())).encode       # world words only
     missing = set(knowledge.vocabulary(kn_meta)) - set(vocabulary())

@@ -9,7 +9,7 @@ import pytest
 
 from procpaint.evaluation import geneval, knowledge
 from procpaint.evaluation.geneval import spec_from_json
-from procpaint.world import Detector, Renderer, State, realize
+from procpaint.world import Detector, Renderer, State, facts, realize
 from procpaint.world.scene import Placed
 
 DET = Detector()
@@ -99,3 +99,18 @@ def test_summary_weights_by_prompt_share():
 def test_vocabulary_covers_prompts():
     meta = knowledge.generate_metadata(500)
     assert set(knowledge.vocabulary(meta)) <= set(knowledge.vocabulary())
+
+
+def test_default_benchmark_asks_only_heldout_facts_and_trained_is_labelled():
+    held = {f.id for f in knowledge.split_facts()["heldout"]}
+    meta = knowledge.generate_metadata(1000)
+    assert {m["split"] for m in meta} == {"heldout"} and {m["fact"] for m in meta} <= held
+    assert Counter(m["category"] for m in meta) == Counter(knowledge.WISE_SHARES)
+    trained = knowledge.generate_metadata(300, split="trained")
+    assert {m["split"] for m in trained} == {"trained"} and not {m["fact"] for m in trained} & held
+    for m in meta[:200]:                          # the prompt asks exactly its fact
+        fact = next(f for f in knowledge.FACTS if f.id == m["fact"])
+        assert facts.asked_pattern(fact).search(m["prompt"])
+    assert {m["fact"] for m in knowledge.generate_metadata(1000, split="all")} - held
+    with pytest.raises(ValueError, match="unknown knowledge split"):
+        knowledge.generate_metadata(10, split="test")

@@ -89,7 +89,7 @@ def test_evaluate_oracle_mode_uses_the_inspector(tmp_path, oracle, monkeypatch):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     meta = geneval.generate_metadata({"single_object": 2}, seed=3)
-    monkeypatch.setattr(cli, "metadata_for", lambda b: meta)
+    monkeypatch.setattr(cli, "metadata_for", lambda b, **_: meta)
     seen = []
 
     class Gen:
