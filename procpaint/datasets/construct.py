@@ -150,13 +150,18 @@ def knowledge_facts(cfg: BuildConfig) -> tuple[Fact, ...]:
 def knowledge_prompt(cfg: BuildConfig, rng: np.random.Generator,
                      tries: int = 100) -> tuple[Fact, str, object]:
     """(fact, prompt text, resolved spec): a trained fact drawn uniformly, named in a training image
-    prompt; its resolved scene is never one of the held-out GenEval prompts (``heldout_fraction``)."""
+    prompt; its resolved scene is never one of the held-out GenEval prompts (``heldout_fraction``).
+    A count fact's objects share one drawn size (an attribute the prompt leaves open), so a plan that
+    draws them at once says the resolved number ("draw four small green stars")."""
     facts = knowledge_facts(cfg)
     if not facts:
         raise ValueError("no trained fact has a form whose tag is in BuildConfig.tag_weights")
     fact = facts[int(rng.integers(len(facts)))]
     for _ in range(tries):
         text, spec = prompt_for(fact, rng)
+        if fact.form == "count":
+            size = SIZES[int(rng.integers(len(SIZES)))]
+            spec = replace(spec, objects=tuple(replace(o, size=size) for o in spec.objects))
         if not is_heldout(spec, cfg.heldout_fraction):
             return fact, f"{PREFIXES[int(rng.integers(len(PREFIXES)))]} {text}", spec
     raise RuntimeError(f"no training scene for fact {fact.id!r} in {tries} tries "
@@ -164,8 +169,10 @@ def knowledge_prompt(cfg: BuildConfig, rng: np.random.Generator,
 
 
 def trajectory(cfg: BuildConfig, rng: np.random.Generator, prng: random.Random,
-               refine: bool = True, prompt: tuple[str, str, object] | None = None) -> Trajectory:
-    """A seeded trajectory of a drawn training prompt, or of ``prompt`` = (tag, text, spec)."""
+               refine: bool = True, prompt: tuple[str, str, object] | None = None,
+               all_at_once: bool = False) -> Trajectory:
+    """A seeded trajectory of a drawn training prompt, or of ``prompt`` = (tag, text, spec);
+    ``all_at_once``: the first round adds every object (a knowledge count resolved in one plan)."""
     if prompt is None:
         tag = draw_tag(cfg, rng)
         spec, text = sample_split_prompt(rng, tag, cfg.heldout_fraction, heldout=False), None
@@ -177,6 +184,7 @@ def trajectory(cfg: BuildConfig, rng: np.random.Generator, prng: random.Random,
     order = [int(k) for k in rng.permutation(n)]
     # Bias to one object per round (the paper's trajectories average 3.5 images).
     k_add = min(n, budget) if rng.random() < 0.6 else int(rng.integers(1, min(n, budget) + 1))
+    k_add = 1 if all_at_once else k_add
     cuts = (sorted(int(c) for c in rng.choice(np.arange(1, n), size=k_add - 1, replace=False))
             if k_add > 1 else [])
     chunks = [order[a:b] for a, b in zip([0, *cuts], [*cuts, n])]

@@ -130,7 +130,7 @@ def _multiturn(w: _Writer, cfg, rng, prng, positive, knowledge: bool = False):
     extra = {}
     if knowledge:
         fact, text, spec = knowledge_prompt(cfg, rng)
-        t = trajectory(cfg, rng, prng, prompt=("knowledge", text, spec))
+        t = trajectory(cfg, rng, prng, prompt=("knowledge", text, spec), all_at_once=fact.form == "count")
         extra["knowledge"] = {"fact": fact.id, "category": fact.category, "form": fact.form}
     else:
         t = trajectory(cfg, rng, prng)

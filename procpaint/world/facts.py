@@ -202,13 +202,13 @@ def prompt_for(fact: Fact, rng: np.random.Generator) -> tuple[str, Spec]:
     if fact.form == "color":
         return f"{_article(shape)} {shape} the color of {fact.phrase}", Spec((Obj(shape, fact.answer),))
     if fact.form == "shape":
-        return f"a {color} shape {fact.phrase}", Spec((Obj(fact.answer, color),))
+        return f"{_article(color)} {color} shape {fact.phrase}", Spec((Obj(fact.answer, color),))
     if fact.form == "count":
         return (f"as many {color} {PLURALS[shape]} as {fact.phrase}",
                 Spec((Obj(shape, color),) * fact.answer))
     a, b = (SHAPES[i] for i in rng.permutation(len(SHAPES))[:2])
     ca, cb = (COLORS[i] for i in rng.permutation(len(COLORS))[:2])
-    text = f"a {ca} {a} and a {cb} {b}. " + fact.phrase.format(a=a, b=b) + "."
+    text = f"{_article(ca)} {ca} {a} and {_article(cb)} {cb} {b}. " + fact.phrase.format(a=a, b=b) + "."
     return text, Spec((Obj(a, ca), Obj(b, cb)), ((0, fact.answer, 1),))
 
 

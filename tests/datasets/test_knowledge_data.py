@@ -21,6 +21,7 @@ from procpaint.datasets.validate import check_record, validate
 from procpaint.sequence.packing import Packer
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.world import facts as F
+from procpaint.world.language import NUMBERS
 from procpaint.world.prompts import TAGS, is_heldout
 
 CFG = BuildConfig(multiturn=40, conflict=6, alignment=6, fact_share=0.2, knowledge_share=0.6, image_size=32,
@@ -63,6 +64,9 @@ def test_no_heldout_fact_is_asked_in_any_training_image_prompt(built):
         plans = " ".join(s["text"] for s in r["segments"] if s["type"] == "text" and s["role"] == "plan")
         if fact.form in ("color", "shape"):
             assert fact.answer in re.findall(r"[a-z]+", plans), (r["prompt"], plans)
+        if fact.form == "count":                 # the first plan draws them all and says the number
+            first = next(s["text"] for s in r["segments"] if s["type"] == "text" and s["role"] == "plan")
+            assert NUMBERS[fact.answer] in re.findall(r"[a-z]+", first.split("</ins>")[0]), first
     assert len({r["knowledge"]["fact"] for r in knowledge}) > 10
 
 
