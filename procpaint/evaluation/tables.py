@@ -29,6 +29,11 @@ KNOWLEDGE_COLUMNS = {c: c.capitalize() for c in CATEGORIES}
 KNOWLEDGE_FACTS = {"knowledge": "held-out", "knowledge-trained": "trained"}
 
 
+def rule(benchmark: str) -> str:
+    """The scoring rule of a benchmark folder (runner.summarize's name): knowledge-* -> knowledge."""
+    return "knowledge" if benchmark in KNOWLEDGE_FACTS else benchmark
+
+
 def load_results(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -44,8 +49,7 @@ def row(run: str, mode: str, benchmark: str, folder: Path) -> dict:
     results = load_results(folder / "results.jsonl")
     meta = folder / "evaluation_metadata.jsonl"
     n = len(read_jsonl(meta)) if meta.is_file() else 0
-    rule = "knowledge" if benchmark in KNOWLEDGE_FACTS else benchmark
-    out = {"run": run, "mode": mode, "benchmark": benchmark, "scores": summarize(rule, results),
+    out = {"run": run, "mode": mode, "benchmark": benchmark, "scores": summarize(rule(benchmark), results),
            "cost": cost_summary(folder, n) if n else {}, "folder": str(folder)}
     train = folder.parent.parent / "train_summary.json"        # <out>/<run>/train_summary.json
     if train.is_file():
@@ -90,7 +94,7 @@ def comparisons(rows: list[dict], baseline: str = "single_pass") -> list[dict]:
         b = base.get((seed, r["benchmark"])) or base.get((0, r["benchmark"]))
         if fam == baseline or b is None:
             continue
-        d = paired_difference(r["benchmark"], load_results(Path(b["folder"]) / "results.jsonl"),
+        d = paired_difference(rule(r["benchmark"]), load_results(Path(b["folder"]) / "results.jsonl"),
                               load_results(Path(r["folder"]) / "results.jsonl"))
         out.append({"run": r["run"], "mode": r["mode"], "benchmark": r["benchmark"], "baseline": b["run"],
                     "baseline_mode": b["mode"], **d})
