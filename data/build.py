@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", help="multi-turn .ckpt or export dir: self-sampled conflict data")
     ap.add_argument("--device", default="cpu", help="device that samples plans with --checkpoint (cpu, cuda)")
     ap.add_argument("--verify-images", type=float, help="share of images re-checked by the detector")
+    ap.add_argument("--fact-share", type=float,
+                    help="share of multi-turn records that are fact-corpus text (default 0.1; 0: none)")
+    ap.add_argument("--knowledge-share", type=float,
+                    help="share of multi-turn records whose prompt names a trained fact (default 0.1)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace subsets of --out that were built with other settings (import: replace OUT)")
@@ -78,7 +82,8 @@ def main(argv=None) -> int:
         ap.error("building needs --out DIR")
     subsets = SUBSETS if args.command == "all" else (args.command,)
     over = {k: v for k, v in (("seed", args.seed), ("image_size", args.image_size),
-                              ("verify_images", args.verify_images)) if v is not None}
+                              ("verify_images", args.verify_images), ("fact_share", args.fact_share),
+                              ("knowledge_share", args.knowledge_share)) if v is not None}
     try:
         cfg = replace(preset(args.preset), **over)
         if args.samples is not None:
@@ -94,7 +99,9 @@ def main(argv=None) -> int:
         s = man["subsets"][sub]
         print(f"{sub}: {s['samples']} samples, {s['images']} images "
               f"(avg {s['images_per_sample']['avg']}, max {s['images_per_sample']['max']}), "
-              f"positive {s['positive']}, negative {s['negative']}")
+              f"positive {s['positive']}, negative {s['negative']}"
+              + (f", {s['tags']['fact']} fact-corpus records" if s["tags"].get("fact") else "")
+              + (f", {s['tags']['knowledge']} knowledge prompts" if s["tags"].get("knowledge") else ""))
         if "self_sampled" in s:
             ss = s["self_sampled"]
             print(f"  self-sampled: {ss['plans']} plans from {ss['trajectories']} trajectories, "

@@ -118,3 +118,21 @@ def test_fact_sample_packs_with_ce_on_its_text_and_no_image_tokens(built):
     assert batch.ce_labels.tolist() == ids[1:]                   # every token but the first, no EOS
     assert batch.ce_indexes.tolist() == list(range(len(ids) - 1))
     assert set(batch.attn_modes[:1]) == {"causal"}
+
+
+def test_cli_sets_the_shares_and_reports_them(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = [sys.executable, str(root / "data/build.py"), "multiturn", "--preset", "tiny", "--samples", "20",
+           "--verify-images", "0", "--quiet"]
+    on = subprocess.run([*run, "--out", str(tmp_path / "on")], capture_output=True, text=True)
+    assert on.returncode == 0 and "2 fact-corpus records, 2 knowledge prompts" in on.stdout, on.stderr
+    off = subprocess.run([*run, "--out", str(tmp_path / "off"), "--fact-share", "0",
+                          "--knowledge-share", "0"], capture_output=True, text=True)
+    assert off.returncode == 0 and "fact" not in off.stdout, off.stderr
+    bad = subprocess.run([*run, "--out", str(tmp_path / "bad"), "--fact-share", "0.8",
+                          "--knowledge-share", "0.8"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "fact_share + knowledge_share" in bad.stderr
