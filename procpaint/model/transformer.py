@@ -6,7 +6,8 @@ Structure follows BAGEL (``Bagel`` + ``Qwen2MoTModel``), written afresh for ``Pa
                                                               +--> (L, D) --> MoT layers --> per-expert
     images -> codec -> clean latents -> z_t (noised copies)   |       final norm --> lm_head at ce_indexes
               -> vae2llm + timestep emb + 2-D sincos pos -----+                  --> llm2vae at noised latents
-    (cfg.vit: images -> ViT -> connector + 2-D sincos, :meth:`embed_vit`; not yet placed in packs)
+    ViT patches -> ViT -> connector + 2-D sincos -------------+   (cfg.vit: :meth:`embed_vit`; the
+                                                                   understanding expert, like text)
 
 Pieces inference needs are public: :meth:`ProcPaintModel.embed_text`, :meth:`embed_latents`,
 :meth:`embed`, :meth:`prepare` (routing + mask), :meth:`forward_hidden` (with optional per-layer
@@ -139,13 +140,29 @@ class ProcPaintModel(nn.Module):
         return x + self.vit_pos_embed(position_ids).to(x.dtype)
 
     def embed(self, text_emb: torch.Tensor, text_indexes: torch.Tensor, latent_emb: torch.Tensor,
-              latent_indexes: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """Scatter text (T, D) and latent (N, D) embeddings to their positions -> (L, D)."""
+              latent_indexes: torch.Tensor, seq_len: int, vit_emb: torch.Tensor | None = None,
+              vit_indexes: torch.Tensor | None = None) -> torch.Tensor:
+        """Scatter text (T, D), latent (N, D) and ViT (V, D) embeddings to their positions -> (L, D)."""
         x = text_emb.new_zeros(seq_len, text_emb.shape[-1])
         x = x.index_copy(0, text_indexes, text_emb)
         if latent_indexes.numel():
             x = x.index_copy(0, latent_indexes, latent_emb.to(x.dtype))
+        if vit_indexes is not None and vit_indexes.numel():
+            x = x.index_copy(0, vit_indexes, vit_emb.to(x.dtype))
         return x                                                              # (L, D)
+
+    def embed_pack_vit(self, batch: PackedBatch) -> torch.Tensor | None:
+        """The pack's ViT tokens (V, D) (:meth:`embed_vit`), or None when it holds none."""
+        if batch.vit_indexes.numel() == 0:
+            return None
+        if self.vit is None:
+            raise ValueError("the pack holds ViT tokens but the model has no ViT path (model.vit=False); "
+                             "pack with the model's own ViTSplits.from_model_config")
+        want = 3 * self.cfg.vit_patch_size**2
+        if batch.vit_patches.shape[-1] != want:
+            raise ValueError(f"the pack's ViT patches have {batch.vit_patches.shape[-1]} values, the model "
+                             f"takes {want} (model.vit_patch_size={self.cfg.vit_patch_size})")
+        return self.embed_vit(batch.vit_patches, batch.vit_position_ids, batch.vit_seqlens)
 
     # ---------------------------------------------------------------------------- transformer
     def prepare(self, batch: PackedBatch, dtype: torch.dtype | None = None) -> tuple[Routing, AttnContext]:
@@ -236,7 +253,9 @@ class ProcPaintModel(nn.Module):
 
         text_emb = self.embed_text(batch.text_ids)                           # (T, D)
         lat_emb = self.embed_latents(z, batch.latent_timesteps, batch.latent_patch_ids, grid_w)  # (N, D)
-        hidden = self.embed(text_emb, batch.text_indexes, lat_emb, batch.latent_indexes, batch.seq_len)
+        vit_emb = self.embed_pack_vit(batch)                                  # (V, D) or None
+        hidden = self.embed(text_emb, batch.text_indexes, lat_emb, batch.latent_indexes, batch.seq_len,
+                            vit_emb, batch.vit_indexes)
         routing, attn = self.prepare(batch, hidden.dtype)
         out, _ = self.forward_hidden(hidden, batch.position_ids, routing, attn)  # (L, D)
 

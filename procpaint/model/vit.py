@@ -22,8 +22,9 @@ each attends only to itself, through one padded SDPA call (no padding when all a
 BAGEL builds the encoder with one layer fewer than its ``vit_config.json`` says (so400m: 27 -> 26),
 stores the patch embedding already flattened (``convert_conv2d_to_linear``: weight (W, p*p*3) in
 the (dy, dx, c) order above) and uses no RoPE in the ViT; ``procpaint.model.bagel_io`` maps the
-names. Wiring the tokens into packs (their split, positions and mask rule) is docs/ARCHITECTURE.md's
-open item.
+names. In packs (``procpaint.sequence``) every clean image gets a ViT split after its VAE copy;
+:func:`vit_grid` / :func:`vit_inputs` are the one home of the image -> ViT patches rule that the
+packer and the inference engine share.
 """
 
 from __future__ import annotations
@@ -48,6 +49,31 @@ def vit_position_ids(h: int, w: int, max_per_side: int, device=None) -> torch.Te
         raise ValueError(f"a {h}x{w} patch grid exceeds model.vit_max_patches_per_side={max_per_side}")
     r = torch.arange(h, device=device)[:, None]
     return (r * max_per_side + torch.arange(w, device=device)[None]).flatten()
+
+
+def vit_grid(height: int, width: int, patch_size: int, max_per_side: int) -> tuple[int, int]:
+    """(h, w) ViT patches of an image of ``height`` x ``width`` pixels: BAGEL's ViT resize
+    (``ImageTransform`` with stride p and max side p * S; ``datasets/buckets.py`` writes out the same
+    rule) without its min side: a long side over ``p * S`` is scaled back to it (aspect kept), then each
+    side snaps to the nearest multiple of p, at least one patch. An image that already tiles and fits
+    keeps its size (no resampling)."""
+    p, s = patch_size, max_per_side
+    scale = min(1.0, p * s / max(height, width))
+    h = min(s, max(1, round(round(height * scale) / p)))
+    w = min(s, max(1, round(round(width * scale) / p)))
+    return h, w
+
+
+def vit_inputs(image: torch.Tensor, patch_size: int, max_per_side: int
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """One image (3, H, W) in [-1, 1] -> its ViT patches (h*w, p*p*3) float32, grid ids (h*w,) int64
+    and (h, w) (:func:`vit_grid`; bicubic, antialiased resampling when the size changes)."""
+    h, w = vit_grid(int(image.shape[-2]), int(image.shape[-1]), patch_size, max_per_side)
+    x = image.float()[None]
+    if x.shape[-2:] != (h * patch_size, w * patch_size):
+        x = F.interpolate(x, size=(h * patch_size, w * patch_size), mode="bicubic", antialias=True,
+                          align_corners=False).clamp(-1, 1)
+    return vit_patches(x, patch_size), vit_position_ids(h, w, max_per_side, image.device), (h, w)
 
 
 class _Images:

@@ -17,6 +17,11 @@ bottom/right when sizes differ (BAGEL pads the same way); ``latent_patch_ids`` a
 padded grid (row * Wmax/ppt + col), which is exactly "row-major inside its image" when all images share
 a size, and lets the model patchify the stacked tensor once and gather.
 
+With the ViT path (``vit``) the packer also patchifies each clean image for its ViT split, as BAGEL's
+``PackedDataset`` does (``procpaint.model.vit.vit_inputs``: resized to the ViT grid when it does not
+tile): ``PackedBatch.vit_patches`` / ``vit_position_ids`` / ``vit_seqlens`` / ``vit_indexes``. Without
+it packs are bit for bit what they were.
+
 Memory: the buffer holds ``overflow_buffer`` + one budget of samples with their images.
 """
 
@@ -32,7 +37,8 @@ import numpy as np
 import torch
 
 from procpaint.kernels.flow import sample_timesteps
-from procpaint.sequence.plan import CAUSAL, SequencePlan, SequencePlanner
+from procpaint.model.vit import vit_inputs
+from procpaint.sequence.plan import CAUSAL, SequencePlan, SequencePlanner, ViTSplits
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.sequence.types import PackedBatch, Sample
 
@@ -82,6 +88,8 @@ class Packer:
         max_wait_packs: a sample buffered this many packs goes into the next pack (filled around it);
             default 2 * overflow_buffer + 8, beyond the buffer's normal turnover.
         pad_to_budget: add the padding sample so every pack has exactly max_tokens tokens.
+        vit: the ViT path's geometry (``ViTSplits.from_model_config``): every clean image also gets a
+            ViT split (plan.py); None: none.
         seed: seeds two generators, one for dropout (one draw pair per arrival, so a sample's
             decisions do not depend on the buffer or budget) and one for timesteps (per pack); the
             output is a function of (seed, sample stream, arguments).
@@ -93,7 +101,7 @@ class Packer:
                  timestep_logit_std: float = 1.0, timestep_mix_frac: float = 0.0,
                  timestep_mix_shift: float = 1.0, max_wait_packs: int | None = None,
                  pad_to_budget: bool = True, max_latent_size: int | None = None, cfg_text_roles: tuple[str, ...] = ("prompt", "plan"),
-                 seed: int = 0):
+                 seed: int = 0, vit: ViTSplits | None = None):
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         limit = max_tokens if max_tokens_per_sample is None else max_tokens_per_sample
@@ -114,7 +122,7 @@ class Packer:
         if not 0.0 <= timestep_mix_frac <= 1.0:
             raise ValueError(f"timestep_mix_frac must be in [0, 1], got {timestep_mix_frac}")
         self.planner = SequencePlanner(tokenizer, pixels_per_token, max_latent_size=max_latent_size,
-                                       cfg_text_roles=cfg_text_roles)
+                                       cfg_text_roles=cfg_text_roles, vit=vit)
         self.pad_id = tokenizer.pad_id
         self.max_tokens, self.limit, self.overflow_buffer = int(max_tokens), int(limit), int(overflow_buffer)
         self.p_text, self.p_image, self.shift = float(p_drop_text), float(p_drop_image), float(timestep_shift)
@@ -201,6 +209,8 @@ class Packer:
                    pad=self.pad, seed=self.seed, ppt=self.planner.ppt)
         if self.mix_frac:  # only then: states saved before the mixture existed still match
             sig.update(mix_frac=self.mix_frac, mix_shift=self.mix_shift)
+        if self.planner.vit is not None:  # likewise
+            sig.update(vit=(self.planner.vit.patch_size, self.planner.vit.max_per_side))
         return sig
 
     def state_dict(self, *, include_samples: bool = False) -> dict:
@@ -225,8 +235,8 @@ class Packer:
         """Restore :meth:`state_dict`; ``samples`` resolves buffered ids (unless the state holds them)."""
         if state.get("version") != 1:
             raise ValueError(f"packer state: unsupported version {state.get('version')!r}")
-        diff = {k: (v, state["signature"].get(k)) for k, v in self._signature().items()
-                if state["signature"].get(k) != v}
+        mine, saved = self._signature(), state["signature"]
+        diff = {k: (mine.get(k), saved.get(k)) for k in mine.keys() | saved.keys() if mine.get(k) != saved.get(k)}
         if diff:
             raise ValueError(f"packer state was saved with other settings (now, saved): {diff}")
         stored = state.get("samples")
@@ -335,6 +345,7 @@ class Packer:
         latent_timesteps[noised] = t_gen[noise_split[noised]]
         split_lens = [s for la in lays for s in la.split_lens] + ([pad_n] if pad_n else [])
         attn_modes = [m for la in lays for m in la.attn_modes] + ([CAUSAL] if pad_n else [])
+        vit = self._vit_fields(plans, lays, offs)
         longest = max(lens)
         c = self.counters
         stats = dict(
@@ -351,8 +362,27 @@ class Packer:
             latent_patch_ids=cat(lambda la: la.latent_rows * (Wm // ppt) + la.latent_cols),
             latent_timesteps=latent_timesteps, latent_noised=noised, images=images,
             ce_indexes=cat(lambda la: la.ce_offsets, offs), ce_labels=cat(lambda la: la.ce_labels),
-            num_real_tokens=real, num_samples=len(lens), stats=stats,
+            num_real_tokens=real, num_samples=len(lens), stats=stats, **vit,
         )
+
+    def _vit_fields(self, plans: list[SequencePlan], lays, offs: list[int]) -> dict:
+        """PackedBatch's ViT fields of the pack (none without the ViT path: the defaults stay)."""
+        g = self.planner.vit
+        if g is None:
+            return {}
+        patches, ids, seqlens = [], [], []
+        for plan, lay in zip(plans, lays):
+            for row, grid in zip(lay.vit_images, lay.vit_grids):
+                x, pid, hw = vit_inputs(plan.images[row], g.patch_size, g.max_per_side)
+                assert hw == grid, (hw, grid)               # the plan's length is the patches'
+                patches.append(x)
+                ids.append(pid)
+                seqlens.append(hw[0] * hw[1])
+        if not seqlens:
+            return dict(vit_patches=torch.zeros(0, 3 * g.patch_size**2))
+        index = np.concatenate([lay.vit_offsets + o for lay, o in zip(lays, offs)])
+        return dict(vit_indexes=torch.from_numpy(index), vit_patches=torch.cat(patches),
+                    vit_position_ids=torch.cat(ids), vit_seqlens=seqlens)
 
 
 def pack_stream(samples: Iterable[Sample], tokenizer: TextTokenizer, **kwargs) -> Iterator[PackedBatch]:

@@ -9,19 +9,29 @@ no tensors, so its length is known cheaply (the packer needs lengths long before
                                   then "full" split, the same image clean (what later tokens see)
     ImageSegment(loss=False)   -> "full" split only (context)
 
+With the ViT understanding path (``vit``: :class:`ViTSplits`, ``model.vit``) every *clean* image (a
+context image, the clean copy of a generated image) is followed by its **ViT split**, as BAGEL's
+``_add_image`` orders them (VAE copies, then ``vit_image``): a "full" split
+``<|vision_start|>`` + h*w ViT patch tokens + ``<|vision_end|>`` (:func:`procpaint.model.vit.vit_grid`
+patches) on the understanding expert, no loss. A generated image with ``clean_copy=False`` has none
+(nothing later reads it). Without ``vit`` plans are exactly what they were.
+
 :meth:`SequencePlan.layout` turns a plan into sample-local index arrays (:class:`SampleLayout`):
 
 * Position ids: text advances one per token; every token of an image split shares one id; a noise
   split does not advance it, so the clean copy that follows shares the noised copy's id (BAGEL's
-  ``curr_rope_id`` handling). Each sample starts at 0.
+  ``curr_rope_id`` handling); a ViT split takes the next id and advances it too (BAGEL's
+  ``vit_image``). Each sample starts at 0.
 * CE labels (the rule in :mod:`procpaint.sequence.types`): a target is predicted by the position
   right before it in the *clean stream* (noise splits skipped). Targets: tokens of loss text, the
   ``<|vision_start|>`` of a generated image (predicted by the last token before it: the modality
-  switch) and EOS when ``sample.eos`` (predicted by the sample's last position). EOS is a label only,
+  switch) and EOS when ``sample.eos`` (predicted by the sample's last position). What follows an
+  image is predicted by its last clean split's ``<|vision_end|>``: the ViT split's when there is
+  one, else the clean copy's. EOS is a label only,
   never an input token: once it is predicted the trajectory is over. The first token of a sample has
   no predictor and is never a target (there is no BOS token).
-* Expert routing: latent tokens -> generation expert; everything else, the vision markers
-  included, -> understanding expert (BAGEL routes by packed_vae_token_indexes the same way).
+* Expert routing: latent tokens -> generation expert; everything else, the vision markers and ViT
+  tokens included, -> understanding expert (BAGEL routes by packed_vae_token_indexes the same way).
 
 CFG dropout (decided by the packer, applied here so lengths stay exact). Text dropout removes the
 conditioning text of the *first generated image*: the segments before it whose role is in
@@ -30,7 +40,8 @@ exactly the text-unconditional context the generator builds for a single-pass im
 (everything since the last image, i.e. everything). A sample that generates no image (conflict,
 alignment) loses its prompt only: its plan is what the critique target is about. A dropped text segment is
 removed entirely and consumes no position id (BAGEL's ``PackedDataset`` does ``continue``); a dropped
-context image is removed but still advances the position id by one (BAGEL: ``curr_rope_id += 1``).
+context image is removed but still advances the position id by one per split it would have had
+(BAGEL: ``curr_rope_id += 1`` for its VAE and for its ViT split).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import numpy as np
 import torch
 
 from procpaint.kernels.modes import Mode
+from procpaint.model.vit import vit_grid
 from procpaint.sequence.tokenizer import TextTokenizer
 from procpaint.sequence.types import ImageSegment, Sample, TextSegment
 
@@ -59,6 +71,29 @@ class PlanItem:
     grid: tuple[int, int] = (0, 0)        # noise/full: (h, w) latent tokens
     role: str = "text"
     rope_skip: int = 0                    # position ids skipped before this item (dropped context image)
+    vit: bool = False                     # full: a ViT split (grid = ViT patches), not a VAE copy
+
+
+@dataclass(frozen=True)
+class ViTSplits:
+    """The ViT understanding path's patch geometry (``model.vit_patch_size`` /
+    ``vit_max_patches_per_side``); given to the planner / packer, every clean image gets a ViT split."""
+
+    patch_size: int
+    max_per_side: int
+
+    def __post_init__(self):
+        if self.patch_size < 1 or self.max_per_side < 1:
+            raise ValueError(f"ViT patch size and max patches per side must be >= 1, got {self}")
+
+    @classmethod
+    def from_model_config(cls, model_cfg) -> ViTSplits | None:
+        """The model's ViT geometry, or None when it has no ViT path (``model.vit=False``)."""
+        return cls(model_cfg.vit_patch_size, model_cfg.vit_max_patches_per_side) if model_cfg.vit else None
+
+    def grid(self, image: torch.Tensor) -> tuple[int, int]:
+        """(h, w) ViT patches of a (3, H, W) image."""
+        return vit_grid(int(image.shape[1]), int(image.shape[2]), self.patch_size, self.max_per_side)
 
 
 @dataclass
@@ -68,7 +103,7 @@ class SampleLayout:
     split_lens: list[int]
     attn_modes: list[str]
     position_ids: np.ndarray              # (n,)
-    text_offsets: np.ndarray              # (T,) non-latent positions (text, vision markers)
+    text_offsets: np.ndarray              # (T,) text positions (text ids, vision markers)
     text_ids: np.ndarray                  # (T,)
     latent_offsets: np.ndarray            # (N,)
     latent_image: np.ndarray              # (N,) row of plan.images
@@ -78,6 +113,9 @@ class SampleLayout:
     ce_offsets: np.ndarray                # (C,) predicting positions
     ce_labels: np.ndarray                 # (C,) target ids
     num_noise_splits: int
+    vit_offsets: np.ndarray               # (V,) ViT patch tokens
+    vit_images: list[int]                 # per ViT split: row of plan.images
+    vit_grids: list[tuple[int, int]]      # per ViT split: (h, w) patches
 
 
 @dataclass
@@ -104,6 +142,7 @@ class SequencePlan:
         n_noise = 0
         positions, text_off, text_ids = [], [], []
         lat_off, lat_img, lat_row, lat_col, lat_noise = [], [], [], [], []
+        vit_off, vit_img, vit_grid_ = [], [], []
         ce_off: list[np.ndarray] = []
         ce_lab: list[np.ndarray] = []
         for it in self.items:
@@ -128,6 +167,14 @@ class SequencePlan:
                 positions.append(np.full(n, pos, dtype=np.int64))
                 text_off.append(np.array([cur, cur + n - 1], dtype=np.int64))
                 text_ids.append(np.array([self.vision_start_id, self.vision_end_id], dtype=np.int64))
+                if it.vit:                          # understanding tokens: no latents, no loss
+                    vit_off.append(np.arange(cur + 1, cur + 1 + h * w, dtype=np.int64))
+                    vit_img.append(it.image)
+                    vit_grid_.append((h, w))
+                    pos += 1
+                    prev_clean = cur + n - 1
+                    cur += n
+                    continue
                 lat_off.append(np.arange(cur + 1, cur + 1 + h * w, dtype=np.int64))
                 lat_img.append(np.full(h * w, it.image, dtype=np.int64))
                 lat_row.append(np.repeat(np.arange(h, dtype=np.int64), w))
@@ -159,7 +206,7 @@ class SequencePlan:
             latent_offsets=cat(lat_off), latent_image=cat(lat_img), latent_rows=cat(lat_row),
             latent_cols=cat(lat_col), latent_noise_split=cat(lat_noise),
             ce_offsets=cat(ce_off), ce_labels=cat(ce_lab),
-            num_noise_splits=n_noise,
+            num_noise_splits=n_noise, vit_offsets=cat(vit_off), vit_images=vit_img, vit_grids=vit_grid_,
         )
 
 
@@ -184,18 +231,22 @@ class SequencePlanner:
             a larger image is a ValueError naming the sample and segment.
         cfg_text_roles: roles of the text before the first generated image that CFG text dropout
             removes (default: prompt and plan; see the module docstring).
+        vit: the ViT path's geometry: every clean image also gets a ViT split (module docstring);
+            None (default): no ViT splits.
     """
 
     def __init__(self, tokenizer: TextTokenizer, pixels_per_token: int, *, max_latent_size: int | None = None,
-                 cfg_text_roles: tuple[str, ...] = ("prompt", "plan")):
+                 cfg_text_roles: tuple[str, ...] = ("prompt", "plan"), vit: ViTSplits | None = None):
         if pixels_per_token < 1:
             raise ValueError(f"pixels_per_token must be >= 1, got {pixels_per_token}")
         self.tokenizer, self.ppt = tokenizer, int(pixels_per_token)
         self.max_latent_size, self.cfg_text_roles = max_latent_size, tuple(cfg_text_roles)
+        self.vit = vit
 
     @classmethod
     def from_model_config(cls, tokenizer: TextTokenizer, model_cfg, **kwargs) -> SequencePlanner:
-        return cls(tokenizer, model_cfg.pixels_per_token, max_latent_size=model_cfg.max_latent_size, **kwargs)
+        return cls(tokenizer, model_cfg.pixels_per_token, max_latent_size=model_cfg.max_latent_size,
+                   vit=ViTSplits.from_model_config(model_cfg), **kwargs)
 
     def grid(self, image: torch.Tensor, where: str = "image") -> tuple[int, int]:
         """(h, w) latent tokens of a (3, H, W) image; ValueError naming ``where`` when it does not tile."""
@@ -258,7 +309,7 @@ class SequencePlanner:
             elif isinstance(seg, ImageSegment):
                 h, w = self.grid(seg.image, where)
                 if drop_image and self._droppable_image(seg):
-                    rope_skip += 1
+                    rope_skip += 1 if self.vit is None else 2     # its VAE and its ViT split
                     continue
                 row = next((i for i, im in enumerate(images) if im is seg.image), None)
                 if row is None:
@@ -272,6 +323,10 @@ class SequencePlanner:
                     items.append(PlanItem(FULL, n, image=row, grid=(h, w), role=seg.role,
                                           rope_skip=rope_skip))
                     rope_skip = 0
+                    if self.vit is not None:
+                        vh, vw = self.vit.grid(seg.image)
+                        items.append(PlanItem(FULL, vh * vw + 2, image=row, grid=(vh, vw), role=seg.role,
+                                              vit=True))
             else:
                 raise ValueError(f"{where}: unknown segment type {type(seg).__name__}")
         return SequencePlan(items, images, bool(sample.eos), tok.vision_start_id, tok.vision_end_id,
@@ -290,4 +345,7 @@ class SequencePlanner:
                 h, w = self.grid(seg.image, where)
                 if not (drop_image and self._droppable_image(seg)):
                     total += (h * w + 2) * (2 if seg.loss and seg.clean_copy else 1)
+                    if self.vit is not None and seg.clean_copy:
+                        vh, vw = self.vit.grid(seg.image)
+                        total += vh * vw + 2
         return total

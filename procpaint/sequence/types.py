@@ -10,7 +10,9 @@ token is predicted by the position right before it in the clean stream (noised i
 skipped, since what follows a generated image is predicted by its clean copy's ``<|vision_end|>``).
 Targets are: the tokens of text segments with ``loss=True``; ``<|vision_start|>`` of an image segment
 with ``loss=True`` (predicted by the last token of the text before it: the modality switch); and EOS
-when ``Sample.eos`` is set (predicted by the last position of the sample).
+when ``Sample.eos`` is set (predicted by the last position of the sample). With the ViT path
+(``model.vit``) a clean image's ViT split follows its clean copy, so its ``<|vision_end|>`` is the
+position that predicts what follows the image.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ class PackedBatch:
     """One packed sequence of ``seq_len`` tokens (real samples + a final padding sample).
 
     Shapes: L = seq_len, T = text tokens (incl. vision markers and padding), N = latent tokens,
-    M = noised (loss) latent tokens, C = CE targets, I = distinct images.
+    M = noised (loss) latent tokens, C = CE targets, I = distinct images, V = ViT patch tokens
+    (0 unless the packer was given the ViT path: ``model.vit``), p = ``model.vit_patch_size``.
+
+    The ViT fields are BAGEL's ``packed_vit_tokens`` / ``packed_vit_position_ids`` /
+    ``vit_token_seqlens`` / ``packed_vit_token_indexes``: one ViT split per clean image, each
+    ``<|vision_start|>`` (in ``text_*``) + its patch tokens + ``<|vision_end|>`` (in ``text_*``).
     """
 
     seq_len: int
@@ -83,12 +90,21 @@ class PackedBatch:
     num_real_tokens: int = 0           # tokens of real samples (L minus padding)
     num_samples: int = 0               # real samples in the pack
     stats: dict = field(default_factory=dict)  # packing efficiency, skipped samples, ...
+    vit_indexes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+                                       # (V,) int64 positions in [0, L) of ViT patch tokens
+    vit_patches: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
+                                       # (V, p*p*3) float32 patches, channels (dy, dx, c), in [-1, 1]
+    vit_position_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+                                       # (V,) int64 grid ids r * vit_max_patches_per_side + c
+    vit_seqlens: list[int] = field(default_factory=list)  # per ViT split, in pack order; sums to V
 
     @property
     def und_indexes(self) -> torch.Tensor:
-        """(L - N,) positions routed to the understanding expert (BAGEL's name): the text tokens. When
-        ViT tokens are packed (issue 13) they join these; today they are ``text_indexes`` itself."""
-        return self.text_indexes
+        """(L - N,) positions routed to the understanding expert (BAGEL's name), ascending: the text
+        tokens and the ViT patch tokens. Without ViT tokens it is ``text_indexes`` itself (no copy)."""
+        if self.vit_indexes.numel() == 0:
+            return self.text_indexes
+        return torch.cat([self.text_indexes, self.vit_indexes]).sort().values
 
     @property
     def gen_indexes(self) -> torch.Tensor:

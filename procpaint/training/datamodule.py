@@ -71,11 +71,12 @@ class PackStream(IterableDataset):
 
     def _packer(self, worker: int):
         from procpaint.sequence.packing import Packer
+        from procpaint.sequence.plan import ViTSplits
 
         d, m = self.cfg.data, self.cfg.model_config()
         return Packer(self.tokenizer, max_tokens=d.max_tokens, max_tokens_per_sample=d.max_tokens_per_sample,
                       overflow_buffer=d.overflow_buffer, pixels_per_token=m.pixels_per_token,
-                      max_latent_size=m.max_latent_size,
+                      max_latent_size=m.max_latent_size, vit=ViTSplits.from_model_config(m),
                       p_drop_text=d.p_drop_text if self.split == "train" else 0.0,
                       p_drop_image=d.p_drop_image if self.split == "train" else 0.0,
                       timestep_shift=self.cfg.loss.timestep_shift,
