@@ -18,8 +18,10 @@ commands this script runs (``--dry-run`` prints them):
         trainer.max_steps=FINETUNE trainer.default_root_dir=OUT/runs data.cache_dir=OUT/data/ROW ...
     # 3. evaluate each row in its inference mode (single-pass for the baseline, process otherwise,
     #    plus the process model in planner mode (planner-only row, inference cost) and with the oracle
-    #    inspector); every mode that writes plans also writes its process diagnostics
+    #    inspector); every mode that writes plans also writes its process diagnostics; the main rows
+    #    also on the knowledge prompts of trained facts (the gap to the held-out facts)
     python train/evaluate.py --ckpt RUN=OUT/ckpt/RUN.ckpt --mode MODE --out OUT/eval [--diagnostics]
+    python train/evaluate.py --ckpt RUN=OUT/ckpt/RUN.ckpt --mode MODE --benchmark knowledge --knowledge-split trained
     # 4. one combined table: scores with bootstrap intervals, training compute per run (steps, tokens
     #    and generated images per step, seconds: train_summary.json), seeds, every row against the
     #    single-pass baseline of its seed (paired bootstrap over the same prompts), diagnostics
@@ -211,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
                    "--images-per-prompt", str(ipp), "--device", args.device, "--quiet",
                    *(["--diagnostics"] if mode != "single-pass" else [])]
             r.run(cmd + (["--limit", str(limit)] if limit else []), f"evaluating {name} ({mode})")
+        if name in MAIN_ROWS and args.benchmark != "geneval":
+            # the knowledge gap: facts also seen in training image prompts vs facts in the corpus only
+            mode = ROWS[row][0]
+            cmd = [sys.executable, "train/evaluate.py", "--ckpt", f"{name}={ckpt}", "--mode", mode,
+                   "--benchmark", "knowledge", "--knowledge-split", "trained", "--out", str(out / "eval"),
+                   "--images-per-prompt", str(ipp), "--device", args.device, "--quiet"]
+            r.run(cmd + (["--limit", str(limit)] if limit else []), f"evaluating {name} ({mode}, trained facts)")
     if ckpts:
         r.run([sys.executable, "train/evaluate.py", "--tables", str(out / "eval")], "tables")
     if r.failed:
