@@ -2,7 +2,9 @@
 
 Inference builds exactly the layout training uses (docs/ARCHITECTURE.md, "The packed sequence"): text advances
 the RoPE id by one per token; an image split ``<|vision_start|> + h*w latents + <|vision_end|>``
-shares one id; a noised split being sampled does not advance it and its clean copy reuses the id.
+shares one id; a noised split being sampled does not advance it and its clean copy reuses the id; with
+the ViT path (``model.vit``) the clean copy is followed by the image's ViT split (:class:`VitSpan`, the
+next id), as the packer lays it out.
 
 Every call runs a list of :class:`Query` — the new splits of one *branch* (a trajectory's main
 context, or one of its CFG branches) — packed into one sequence for the per-token work (embeddings,
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from procpaint.kernels import masks
 from procpaint.kernels.modes import Mode
 from procpaint.model import ProcPaintModel, Routing
+from procpaint.model.vit import vit_inputs
 
 
 @dataclass
@@ -63,13 +66,35 @@ class ImageSpan:
         return self.grid[0] * self.grid[1] + 2
 
 
-Seg = TextSpan | ImageSpan
+@dataclass
+class VitSpan:
+    """A clean image read through the ViT (``model.vit``): ``<|vision_start|>`` + h*w ViT tokens +
+    ``<|vision_end|>``, one full split on the understanding expert (the packer's ViT split)."""
+
+    patches: torch.Tensor             # (h*w, p*p*3) float32 (procpaint.model.vit.vit_inputs)
+    ids: torch.Tensor                 # (h*w,) int64 grid ids
+    pos: int                          # the split's one RoPE id
+
+    @classmethod
+    def of_image(cls, image: torch.Tensor, pos: int, cfg) -> VitSpan:
+        """The ViT split of ``image`` (3, H, W) in [-1, 1] for a model config with ``vit``."""
+        patches, ids, _ = vit_inputs(image, cfg.vit_patch_size, cfg.vit_max_patches_per_side)
+        return cls(patches, ids, pos)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.patches.shape[0] + 2
+
+
+Seg = TextSpan | ImageSpan | VitSpan
 
 
 def seg_mode(seg: Seg) -> Mode:
     """The attention mode of a split."""
     if isinstance(seg, TextSpan):
         return Mode.CAUSAL
+    if isinstance(seg, VitSpan):
+        return Mode.FULL
     return Mode.NOISE if seg.noise else Mode.FULL
 
 
@@ -255,10 +280,11 @@ class Engine:
     # ------------------------------------------------------------------------------ packing
     def _embed(self, queries: list[Query]):
         """Embeddings (L, D), RoPE ids (L,), latent flags (L,): every query's splits in order, with one
-        embedding call for all text tokens and one for all latent tokens."""
+        embedding call for all text tokens, one for all latent tokens and one for all ViT tokens."""
         m, dev = self.model, self.device
         ids, text_at, pos = [], [], []
         zs, ts, t_idx, patch, widths, lat_at = [], [], [], [], [], []
+        vit_x, vit_ids, vit_lens, vit_at = [], [], [], []
         n = 0
         for q in queries:
             for seg in q.segs:
@@ -267,6 +293,14 @@ class Engine:
                     ids += seg.ids
                     text_at.append(torch.arange(n, n + k))
                     pos.append(torch.arange(seg.pos0, seg.pos0 + k))
+                elif isinstance(seg, VitSpan):
+                    ids += [self.vs, self.ve]
+                    text_at.append(torch.tensor([n, n + k - 1]))
+                    vit_at.append(torch.arange(n + 1, n + k - 1))
+                    vit_x.append(seg.patches)
+                    vit_ids.append(seg.ids)
+                    vit_lens.append(k - 2)
+                    pos.append(torch.full((k,), seg.pos))
                 else:
                     h, w = seg.grid
                     hw = h * w
@@ -282,16 +316,20 @@ class Engine:
                 n += k
         text_emb = m.embed_text(torch.tensor(ids, dtype=torch.long, device=dev))        # (T, D)
         lat = torch.zeros(n, dtype=torch.bool)
+        if not zs and not vit_x:
+            return text_emb, torch.cat(pos), lat
+        lat_emb, lat_idx = None, torch.zeros(0, dtype=torch.long)
         if zs:
             lat_idx = torch.cat(lat_at)
             lat[lat_idx] = True
             lat_emb = m.embed_latents(torch.cat(zs).to(dev), torch.tensor(ts, device=dev),
                                       torch.cat(patch).to(dev), torch.cat(widths).to(dev),
                                       time_index=torch.cat(t_idx).to(dev))            # (N, D)
-            hidden = m.embed(text_emb, torch.cat(text_at).to(dev), lat_emb.to(text_emb.dtype),
-                             lat_idx.to(dev), n)
-        else:
-            hidden = text_emb
+        vit_emb = vit_idx = None
+        if vit_x:
+            vit_emb = m.embed_vit(torch.cat(vit_x).to(dev), torch.cat(vit_ids).to(dev), vit_lens)  # (V, D)
+            vit_idx = torch.cat(vit_at).to(dev)
+        hidden = m.embed(text_emb, torch.cat(text_at).to(dev), lat_emb, lat_idx.to(dev), n, vit_emb, vit_idx)
         return hidden, torch.cat(pos), lat
 
     def _new_mask(self, q: Query) -> torch.Tensor | None:

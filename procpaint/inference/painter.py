@@ -5,8 +5,11 @@ Each prompt is a trajectory that, call after call, is in one phase:
     text    feed the last sampled token (the prompt at first), sample the next one under the grammar
     image   one Euler step of its noised split against the cache (+ CFG branches); after the last
             step the image is done
-    commit  write the clean image once (full split, the noised copy's RoPE id) — the same call's
-            ``<|vision_end|>`` output predicts what follows: critique, next plan, or EOS
+    commit  write the clean image once (full split, the noised copy's RoPE id) and, when the model has
+            the ViT path (``model.vit``), its ViT split (the decoded image through the ViT, the next
+            RoPE id), as training packs them — the same call's last ``<|vision_end|>`` output predicts
+            what follows: critique (which so reads the draft through the ViT, as BAGEL's Inspect
+            does), next plan, or EOS
 
 All active trajectories, whatever their phase, share one packed model call per tick (engine.py), so a
 batch mixes trajectories of different lengths; each has its own ``torch.Generator`` seeded with
@@ -28,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 from procpaint.inference import decoding as G
-from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan
-from procpaint.inference.sampler import cfg_active, combine_cfg, euler_step, schedule
+from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan, VitSpan
+from procpaint.inference.sampler import cfg_active, combine_cfg, euler_step, schedule, stochastic_step
 from procpaint.inference.types import GenerationConfig, Stage, TrajectoryResult
 from procpaint.model import ProcPaintModel
 from procpaint.sequence.tokenizer import TextTokenizer
@@ -60,6 +63,7 @@ class _Traj:
     x: torch.Tensor | None = None               # (h*w, D_lat) latents being sampled
     step: int = 0
     forced: list[int] = field(default_factory=list)  # tokens to feed instead of sampling (a critic's)
+    clean: list = field(default_factory=list)   # the splits a commit writes (clean copy [+ ViT split])
     pend_s: float = 0.0                         # cost not yet attributed to a stage (prefill)
     pend_n: int = 0
 
@@ -198,8 +202,11 @@ class _Run:
             else:                                       # commit the clean image
                 if self.cached and tr.images == 0 and self.cfg.cfg_image_scale != 1.0:
                     self.engine.cache.fork(tr.main, tr.img)
-                clean = ImageSpan(tr.x, 0.0, tr.pos, self.grid, noise=False)
-                queries.append(self._query(tr, "main", [clean], write=True))
+                tr.clean = [ImageSpan(tr.x, 0.0, tr.pos, self.grid, noise=False)]
+                if self.g.model.cfg.vit:                # the decoded image, read by the understanding path
+                    tr.clean.append(VitSpan.of_image(tr.stage.image.to(self.g.device), tr.pos + 1,
+                                                     self.g.model.cfg))
+                queries.append(self._query(tr, "main", list(tr.clean), write=True))
             spans.append((start, len(queries)))
         t0 = time.perf_counter()
         outs = self.engine.run(queries)
@@ -263,7 +270,11 @@ class _Run:
             v_img = vel[k] if tr.img_branch else vel[0]
         v = combine_cfg(vel[0], v_text, v_img, text_scale=c.cfg_text_scale, image_scale=c.cfg_image_scale,
                         renorm=c.cfg_renorm, renorm_min=c.cfg_renorm_min)
-        tr.x = euler_step(tr.x, v.to(tr.x.dtype), float(self.dts[tr.step]))
+        if c.sde_noise > 0 and tr.step + 1 < len(self.ts):      # the last step lands on x0 either way
+            fresh = torch.randn(tr.x.shape, generator=tr.gen).to(tr.x.device, tr.x.dtype)
+            tr.x = stochastic_step(tr.x, v.to(tr.x.dtype), t, float(self.ts[tr.step + 1]), c.sde_noise, fresh)
+        else:
+            tr.x = euler_step(tr.x, v.to(tr.x.dtype), float(self.dts[tr.step]))
         tr.step += 1
         if tr.step < len(self.ts):
             return
@@ -276,9 +287,10 @@ class _Run:
             tr.phase = "commit"
 
     def _after_commit(self, tr: _Traj, queries, outs) -> None:
-        tr.segments.append(ImageSpan(tr.x, 0.0, tr.pos, self.grid, noise=False))
-        tr.n_tokens += self.hw + 2
-        tr.pos += 1
+        tr.segments += tr.clean
+        tr.n_tokens += sum(s.num_tokens for s in tr.clean)
+        tr.pos += len(tr.clean)                       # one RoPE id per split
+        tr.clean = []
         tr.images += 1
         tr.img_branch = True          # the image-free context now differs (cached: forked rows)
         tr.cut = (len(tr.segments), tr.n_tokens, tr.pos)

@@ -119,10 +119,15 @@ class ModelConfig:
         return self.latent_downsample * self.patch_size
 
 
+_DEBUG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                     timestep_freq_dim=64, max_latent_size=16)
+
 PRESETS: dict[str, ModelConfig] = {
     # CI: a forward/backward in milliseconds.
-    "debug": ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                         intermediate_size=128, timestep_freq_dim=64, max_latent_size=16),
+    "debug": _DEBUG,
+    # CI of the ViT understanding path: debug with a one-layer ViT of 4 px patches.
+    "debug-vit": replace(_DEBUG, vit=True, vit_hidden_size=32, vit_num_layers=1, vit_num_heads=2,
+                         vit_intermediate_size=64, vit_patch_size=4, vit_max_patches_per_side=16),
     # The CPU default of `python train/fit.py`.
     "small": ModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4,
                          intermediate_size=768, max_latent_size=32),

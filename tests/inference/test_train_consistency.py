@@ -4,7 +4,8 @@ The training forward embeds a :class:`PackedBatch` (planner layout, packed masks
 inference engine embeds its own segments with its own masks. Both must give the same numbers for the
 same sequence, or a model that trains well samples badly. The engine's segments are read off the
 packed batch split by split, so any difference in embeddings, RoPE ids, masks or expert routing
-shows up here.
+shows up here. With the ViT path (``debug-vit``) every clean image is followed by its ViT split in
+both, and the critique after a draft is predicted by that split's ``<|vision_end|>``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan
+from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan, VitSpan
 from procpaint.sequence.packing import Packer
+from procpaint.sequence.plan import ViTSplits
 from procpaint.sequence.types import ImageSegment, Sample, TextSegment
 
 
@@ -22,9 +24,11 @@ def _image(seed: int, size: int = 16) -> torch.Tensor:
     return torch.rand((3, size, size), generator=g) * 2 - 1
 
 
-def _sample() -> Sample:
+def _sample(context: bool = False) -> Sample:
+    ctx = [ImageSegment(_image(3)), TextSegment("the image is missing a blue square", role="critique")]
     return Sample([
         TextSegment("a photo of a red circle left of a blue square", role="prompt"),
+        *(ctx if context else []),
         TextSegment("<ins> add a red circle </ins> <des> a red circle </des>", loss=True, role="plan"),
         ImageSegment(_image(1), loss=True),
         TextSegment("the image is missing a blue square", loss=True, role="critique"),
@@ -39,6 +43,7 @@ def _engine_segments(b, model, times: dict[int, float], noise_z: dict[int, torch
     clean, _ = model.encode_latents(b)
     img_of = dict(zip(b.latent_indexes.tolist(), b.latent_image_ids.tolist()))
     lat_row = {p: i for i, p in enumerate(b.latent_indexes.tolist())}
+    vit_row = {p: i for i, p in enumerate(b.vit_indexes.tolist())}
     h, w = model.codec.grid(b.images.shape[-2], b.images.shape[-1])
     segs, start = [], 0
     for n, mode in zip(b.split_lens, b.attn_modes):
@@ -47,6 +52,9 @@ def _engine_segments(b, model, times: dict[int, float], noise_z: dict[int, torch
         pos = int(b.position_ids[start])
         if mode == "causal":
             segs.append(TextSpan([text_at[p] for p in range(start, start + n)], pos))
+        elif start + 1 in vit_row:
+            rows = [vit_row[p] for p in range(start + 1, start + n - 1)]
+            segs.append(VitSpan(b.vit_patches[rows], b.vit_position_ids[rows], pos))
         else:
             image = img_of[start + 1]
             rows = [lat_row[p] for p in range(start + 1, start + n - 1)]
@@ -58,22 +66,28 @@ def _engine_segments(b, model, times: dict[int, float], noise_z: dict[int, torch
     return segs
 
 
-@pytest.mark.parametrize("mot,prediction", [(True, "velocity"), (False, "velocity"), (True, "clean")])
-def test_engine_matches_training_forward(tok, mot, prediction):
+@pytest.mark.parametrize("preset,mot,prediction", [("debug", True, "velocity"), ("debug", False, "velocity"),
+                                                   ("debug", True, "clean"), ("debug-vit", True, "velocity"),
+                                                   ("debug-vit", False, "velocity")])
+def test_engine_matches_training_forward(tok, preset, mot, prediction):
     from procpaint.model import build_model, model_config
 
     torch.manual_seed(0)
-    model = build_model(model_config("debug", vocab_size=tok.vocab_size, attn_backend="sdpa", patch_size=4,
+    model = build_model(model_config(preset, vocab_size=tok.vocab_size, attn_backend="sdpa", patch_size=4,
                                      mot=mot, prediction=prediction))
     torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
     model.eval()
-    packer = Packer(tok, pixels_per_token=model.cfg.pixels_per_token, max_tokens=512, pad_to_budget=True)
-    (b,) = list(packer.pack_stream([_sample()]))
+    vit = ViTSplits.from_model_config(model.cfg)
+    packer = Packer(tok, pixels_per_token=model.cfg.pixels_per_token, max_tokens=640, pad_to_budget=True,
+                    vit=vit)
+    (b,) = list(packer.pack_stream([_sample(context=vit is not None)]))
+    if vit is not None:                           # a context image and two drafts, each read by the ViT
+        assert b.vit_seqlens == [16, 16, 16]
     assert b.sample_lens[0] < b.seq_len           # a padding sample follows: it must not matter
 
     # Fixed, distinct flow times per generated image; the training forward mixes the noise in.
     noised = b.latent_noised
-    times = {0: 0.8, 1: 0.35}
+    times = {i: t for i, t in zip(b.latent_image_ids[noised].unique().tolist(), (0.8, 0.35))}
     lt = b.latent_timesteps.clone()
     for image, t in times.items():
         lt[noised & (b.latent_image_ids == image)] = t
@@ -97,3 +111,7 @@ def test_engine_matches_training_forward(tok, mot, prediction):
     torch.testing.assert_close(logits, out.ce_logits, rtol=1e-4, atol=1e-5)
     # and the label rule the generator follows: the last plan token predicts <|vision_start|>
     assert (b.ce_labels == tok.vision_start_id).sum() == 2
+    if vit is not None:                           # the critique after the draft reads it through the ViT
+        (pred,) = b.ce_indexes[b.ce_labels == tok.encode("the image is missing a blue square")[0]].tolist()
+        vit_rows = b.vit_indexes.tolist()
+        assert pred - 1 in vit_rows and pred not in vit_rows     # its <|vision_end|>
