@@ -212,3 +212,61 @@ def test_mean_keys_per_query_counts_the_mask(p):
     """The O(splits) count perf/mfu uses equals the mask's own count of attended pairs."""
     want = P.attention_mask_ref(*p).sum().item() / sum(p[0])
     assert P.mean_keys_per_query(*p) == pytest.approx(want, rel=1e-12)
+
+
+@st.composite
+def vit_packings(draw, max_len: int = MAX_L):
+    """Packings shaped like the planner's with the ViT path (model.vit): text, then images as
+    [noise] + full (VAE clean copy) + full (ViT split), and which splits are ViT splits."""
+    splits, names, samples, vit, left = [], [], [], [], max_len
+    for _ in range(draw(st.integers(1, 4))):
+        n = 0
+        for _ in range(draw(st.integers(1, 4))):
+            generated = draw(st.booleans())
+            parts = [("causal", draw(st.integers(1, 20)), False)]
+            vae = draw(st.integers(3, 40))
+            parts += [("noise", vae, False)] if generated else []
+            parts += [("full", vae, False), ("full", draw(st.integers(3, 40)), True)]
+            need = sum(p[1] for p in parts)
+            if need > left:
+                break
+            for mode, length, is_vit in parts:
+                splits.append(length)
+                names.append(mode)
+                vit.append(is_vit)
+            n, left = n + need, left - need
+        if n == 0:
+            break
+        samples.append(n)
+    if not samples:
+        splits, names, samples, vit = [1], ["causal"], [1], [False]
+    return (splits, names, samples), vit
+
+
+@with_fixture
+@given(vit_packings(), block_sizes)
+def test_vit_splits_follow_the_rule(native, case, block_size):
+    """Adjacent full splits (VAE clean copy, then its ViT split) stay two splits: the ViT split sees
+    the clean copy and itself, the clean copy does not see the ViT split, nothing sees a noise split."""
+    p, vit = case
+    splits, names, samples = p
+    mask = P.attention_mask(*p)
+    assert torch.equal(mask, P.attention_mask_ref(*p))
+    idx = torch.arange(sum(splits))
+    zero = torch.zeros((), dtype=torch.long)
+    assert torch.equal(mask, bagel_rule(*p)(zero, zero, idx[:, None], idx[None, :]))
+    split_id, sample_id = token_ids(splits, samples)
+    for j, is_vit in enumerate(vit):
+        if not is_vit:
+            continue
+        me, clean = split_id == j, split_id == j - 1
+        assert names[j - 1] == "full" and mask[me][:, me].all() and mask[me][:, clean].all()
+        assert not mask[clean][:, me].any()
+        if j >= 2 and names[j - 2] == "noise":
+            assert not mask[me][:, split_id == j - 2].any()
+        nxt = split_id == j + 1
+        if nxt.any() and sample_id[nxt][0] == sample_id[me][0]:   # the text after the image sees both
+            assert mask[nxt][:, me].all() and mask[nxt][:, clean].all()
+    L = sum(splits)
+    want = create_block_mask(P.mask_mod(*p), None, None, L, L, device="cpu", BLOCK_SIZE=block_size)
+    assert_block_masks_equal(P.block_mask(*p, block_size=block_size), want)
