@@ -1,7 +1,7 @@
 """Mixture-of-Transformers decoder layer (BAGEL's ``Qwen2MoTDecoderLayer``, written afresh).
 
-Every token takes one of two *experts* — understanding (text, vision markers, padding) or
-generation (latent tokens) — for everything that is per token: pre-norms, q/k/v/o projections,
+Every token takes one of two *experts* — understanding (text, vision markers, ViT patch tokens,
+padding) or generation (latent tokens) — for everything that is per token: pre-norms, q/k/v/o projections,
 q/k RMSNorm and the SwiGLU MLP. Attention itself is one shared softmax over the whole packed
 sequence, so text and image tokens see each other through the mask only.
 
