@@ -142,7 +142,7 @@ class SequencePlan:
         n_noise = 0
         positions, text_off, text_ids = [], [], []
         lat_off, lat_img, lat_row, lat_col, lat_noise = [], [], [], [], []
-        vit_off, vit_img, vit_grid_ = [], [], []
+        vit_off, vit_img, vit_hw = [], [], []
         ce_off: list[np.ndarray] = []
         ce_lab: list[np.ndarray] = []
         for it in self.items:
@@ -170,7 +170,7 @@ class SequencePlan:
                 if it.vit:                          # understanding tokens: no latents, no loss
                     vit_off.append(np.arange(cur + 1, cur + 1 + h * w, dtype=np.int64))
                     vit_img.append(it.image)
-                    vit_grid_.append((h, w))
+                    vit_hw.append((h, w))
                     pos += 1
                     prev_clean = cur + n - 1
                     cur += n
@@ -206,7 +206,7 @@ class SequencePlan:
             latent_offsets=cat(lat_off), latent_image=cat(lat_img), latent_rows=cat(lat_row),
             latent_cols=cat(lat_col), latent_noise_split=cat(lat_noise),
             ce_offsets=cat(ce_off), ce_labels=cat(ce_lab),
-            num_noise_splits=n_noise, vit_offsets=cat(vit_off), vit_images=vit_img, vit_grids=vit_grid_,
+            num_noise_splits=n_noise, vit_offsets=cat(vit_off), vit_images=vit_img, vit_grids=vit_hw,
         )
 
 
