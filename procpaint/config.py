@@ -239,6 +239,7 @@ class SamplingConfig:
     cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])
     cfg_renorm: str = "global"
     cfg_renorm_min: float = 0.0
+    sde_noise: float = 0.0
 
     def __post_init__(self):
         try:

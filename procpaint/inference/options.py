@@ -16,12 +16,12 @@ from procpaint.inference.types import GenerationConfig
 # flag -> GenerationConfig field
 FLAGS = {"steps": "num_steps", "timestep_shift": "timestep_shift", "cfg_text": "cfg_text_scale",
          "cfg_image": "cfg_image_scale", "cfg_interval": "cfg_interval", "cfg_renorm": "cfg_renorm",
-         "cfg_renorm_min": "cfg_renorm_min"}
+         "cfg_renorm_min": "cfg_renorm_min", "sde_noise": "sde_noise"}
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """--steps, --timestep-shift, --cfg-text, --cfg-image, --cfg-interval LO HI, --cfg-renorm,
-    --cfg-renorm-min; all default to the checkpoint's training config."""
+    --cfg-renorm-min, --sde-noise; all default to the checkpoint's training config."""
     g = parser.add_argument_group("sampling (default: the checkpoint's config.yaml `sampling` group)")
     g.add_argument("--steps", "--num-steps", dest="steps", type=int, default=None,
                    help="flow timesteps (N - 1 Euler steps)")
@@ -33,6 +33,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cfg-renorm", choices=("none", "global", "token"), default=None,
                    help="rescale the guided velocity to the conditional one's norm")
     g.add_argument("--cfg-renorm-min", type=float, default=None, help="lower clamp of the renorm factor")
+    g.add_argument("--sde-noise", type=float, default=None,
+                   help="share of the noise made fresh at each flow step, 0-1 (0: the Euler ODE)")
 
 
 def generation_config(args: argparse.Namespace, checkpoint_sampling: dict | None = None,

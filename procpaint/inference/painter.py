@@ -32,7 +32,7 @@ import torch
 
 from procpaint.inference import decoding as G
 from procpaint.inference.engine import Engine, ImageSpan, Query, TextSpan, VitSpan
-from procpaint.inference.sampler import cfg_active, combine_cfg, euler_step, schedule
+from procpaint.inference.sampler import cfg_active, combine_cfg, euler_step, schedule, stochastic_step
 from procpaint.inference.types import GenerationConfig, Stage, TrajectoryResult
 from procpaint.model import ProcPaintModel
 from procpaint.sequence.tokenizer import TextTokenizer
@@ -270,7 +270,11 @@ class _Run:
             v_img = vel[k] if tr.img_branch else vel[0]
         v = combine_cfg(vel[0], v_text, v_img, text_scale=c.cfg_text_scale, image_scale=c.cfg_image_scale,
                         renorm=c.cfg_renorm, renorm_min=c.cfg_renorm_min)
-        tr.x = euler_step(tr.x, v.to(tr.x.dtype), float(self.dts[tr.step]))
+        if c.sde_noise > 0 and tr.step + 1 < len(self.ts):      # the last step lands on x0 either way
+            fresh = torch.randn(tr.x.shape, generator=tr.gen).to(tr.x.device, tr.x.dtype)
+            tr.x = stochastic_step(tr.x, v.to(tr.x.dtype), t, float(self.ts[tr.step + 1]), c.sde_noise, fresh)
+        else:
+            tr.x = euler_step(tr.x, v.to(tr.x.dtype), float(self.dts[tr.step]))
         tr.step += 1
         if tr.step < len(self.ts):
             return

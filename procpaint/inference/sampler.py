@@ -11,15 +11,25 @@ the one without images, inside ``cfg_interval`` (lo < t <= hi):
     latent token over channels ("token", BAGEL's "channel"); "none" skips it.
 
 Outside the interval (or with both scales 1) v is used unchanged.
+
+Stochastic steps (``sde_noise`` = eta in (0, 1], :func:`stochastic_step`), DDIM's eta for the linear
+path x_t = t e + (1 - t) x0: the step from t to t' predicts x0 = x - t v and e = x + (1 - t) v and
+draws x' from the Gaussian whose mean is (1 - t') x0 + sqrt(t'^2 - s^2) e and whose std is
+s = eta * t' * sqrt(1 - r^2), r = (1 - t) t' / ((1 - t') t). At eta = 1 that is the posterior of x_t'
+given x_t and x0 under the Markov forward process with these marginals (DDPM's ancestral step); at
+eta = 0 it is the Euler step exactly. Fresh noise pulls a sample back toward the training marginals,
+which an imperfect velocity lets an ODE sample drift off (Karras et al. 2022, "stochastic sampling").
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from procpaint.kernels.flow import euler_step, shift_timesteps
 
-__all__ = ["cfg_active", "combine_cfg", "euler_step", "schedule"]
+__all__ = ["cfg_active", "combine_cfg", "euler_step", "schedule", "stochastic_step"]
 
 
 def schedule(num_steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +61,14 @@ def combine_cfg(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tenso
     else:
         raise ValueError(f"cfg_renorm must be none, global or token, got {renorm!r}")
     return out * ratio.clamp(min=renorm_min, max=1.0)
+
+
+def stochastic_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, eta: float,
+                    noise: torch.Tensor) -> torch.Tensor:
+    """One step t -> t_next < t (module docstring) with ``noise`` (standard normal, like x) for the
+    fresh part; ``eta = 0`` equals ``x - v (t - t_next)``."""
+    r = (1.0 - t) * t_next / ((1.0 - t_next) * t) if t > 0 and t_next < 1 else 0.0
+    s = eta * t_next * math.sqrt(max(0.0, 1.0 - r * r))
+    x0 = x - t * v
+    e = x + (1.0 - t) * v
+    return (1.0 - t_next) * x0 + math.sqrt(max(t_next * t_next - s * s, 0.0)) * e + s * noise

@@ -34,6 +34,7 @@ class GenerationConfig:
     cfg_interval: tuple[float, float] = (0.0, 1.0)  # apply CFG only for t in this interval
     cfg_renorm: Literal["none", "global", "token"] = "global"
     cfg_renorm_min: float = 0.0       # lower clamp of the renorm factor (BAGEL's cfg_renorm_min)
+    sde_noise: float = 0.0            # share eta of the noise made fresh at each flow step (0: Euler ODE)
     temperature: float = 0.0          # 0: greedy
     top_p: float = 1.0
     constrained: bool = True          # enforce <ins>/<des> in plans and closed <refine> tags
@@ -55,6 +56,8 @@ class GenerationConfig:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, "
                              f"{self.top_p}")
+        if not 0.0 <= self.sde_noise <= 1.0:
+            raise ValueError(f"sde_noise must be in [0, 1], got {self.sde_noise}")
         if self.cfg_renorm not in ("none", "global", "token"):
             raise ValueError(f"cfg_renorm must be none, global or token, got {self.cfg_renorm!r}")
         lo, hi = self.cfg_interval
