@@ -23,7 +23,7 @@ import torch
 from procpaint.config import Config, config_from_dict
 from procpaint.kernels.masks import mean_keys_per_query
 from procpaint.model.config import ModelConfig
-from procpaint.model.factory import flops_per_token, matmul_peak_flops
+from procpaint.model.factory import flops_per_token, matmul_peak_flops, vit_flops_per_patch
 from procpaint.model.parallel import global_grad_norm, is_sharded, local
 from procpaint.sequence.types import PackedBatch
 from procpaint.training.losses import packed_loss
@@ -57,6 +57,18 @@ def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: f
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def pack_flops(cfg: ModelConfig, batch: PackedBatch, *, training: bool = True) -> float:
+    """Model FLOPs of one pass over ``batch``'s real tokens (padding is wasted work, not counted):
+    :func:`flops_per_token` at the pack's mean keys per query and LM-head share, plus each ViT
+    image's encoder and connector (:func:`vit_flops_per_patch`)."""
+    keys = mean_keys_per_query(batch.split_lens, batch.attn_modes, batch.sample_lens)
+    head = batch.ce_indexes.numel() / max(batch.seq_len, 1)
+    total = flops_per_token(cfg, keys, training=training, lm_head_fraction=head) * batch.num_real_tokens
+    for k in batch.vit_seqlens:
+        total += k * vit_flops_per_patch(cfg, k, training=training)
+    return total
 
 
 TOTALS = ("packs", "real_tokens", "packed_tokens", "generated_images", "ce_tokens", "mse_tokens", "seconds")
@@ -244,10 +256,7 @@ class ProcPaintModule(L.LightningModule):
         if self._peak_flops:
             # Model FLOPs of the real tokens (padding is wasted work, not counted) over the device's
             # measured matmul peak (ModelConfig FLOPs per token, PaLM's convention).
-            keys = mean_keys_per_query(batch.split_lens, batch.attn_modes, batch.sample_lens)
-            head = batch.ce_indexes.numel() / max(batch.seq_len, 1)
-            flops = flops_per_token(self.model_cfg, keys, training=True, lm_head_fraction=head)
-            achieved = flops * batch.num_real_tokens / dt
+            achieved = pack_flops(self.model_cfg, batch) / dt
             self.log("perf/tflops", achieved / 1e12, batch_size=1)
             self.log("perf/mfu", achieved / self._peak_flops, batch_size=1)
 

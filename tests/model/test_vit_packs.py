@@ -108,3 +108,19 @@ def test_packs_and_models_must_agree_on_the_vit():
     b = _pack(cfg, vit=False)
     assert b.vit_indexes.numel() == 0
     assert torch.isfinite(build_model(cfg)(b).ce_logits).all()
+
+
+def test_training_flops_count_the_vit_encoder_per_image():
+    from procpaint.model.factory import vit_flops_per_patch
+    from procpaint.training.module import pack_flops
+
+    cfg = _cfg()
+    with_vit, without = _pack(cfg), _pack(cfg, vit=False)
+    assert with_vit.vit_seqlens and not without.vit_seqlens
+    # the ViT pack also counts each image's encoder pass: more than the same tokens as plain text
+    base = pack_flops(cfg, with_vit) - sum(k * vit_flops_per_patch(cfg, k) for k in with_vit.vit_seqlens)
+    assert base > 0 and pack_flops(cfg, with_vit) > base
+    # an encoder 4x wider costs more per patch: the count reads the ViT's own sizes
+    wide = _cfg(vit_hidden_size=4 * cfg.vit_hidden_size, vit_intermediate_size=4 * cfg.vit_intermediate_size)
+    assert pack_flops(wide, with_vit) > pack_flops(cfg, with_vit)
+    assert pack_flops(wide, without) == pack_flops(cfg, without)      # no ViT tokens: nothing changes
