@@ -48,7 +48,7 @@ def apply_fsdp(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None
                ) -> nn.Module:
     """Shard ``model`` (a :class:`~procpaint.model.ProcPaintModel`) over the 1-D ``mesh`` in place.
 
-    One FSDP unit per decoder layer plus the root. ``param_dtype``: the dtype parameters are gathered
+    One FSDP unit per decoder layer and per ViT layer (``cfg.vit``), plus the root. ``param_dtype``: the dtype parameters are gathered
     and computed in (bf16 for the 7B recipe; the sharded fp32 master copy is what the optimizer
     updates), ``reduce_dtype``: gradients are reduce-scattered in it (fp32 as torchtitan).
     ``reshard_after_forward``: free a layer's gathered weights after its forward (ZeRO-3, what
@@ -60,14 +60,20 @@ def apply_fsdp(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     ignored = set(model.codec.parameters()) if getattr(model, "codec", None) is not None else set()
+    vit = getattr(model, "vit", None)
+    # The ViT's layers (BAGEL-7B: 26 of SigLIP's, ~0.4B parameters) are units of their own too:
+    # they run before the decoder, so each is gathered, used and freed in turn.
+    for layer in (vit.layers if vit is not None else ()):
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     layers = list(model.layers)
     for i, layer in enumerate(layers):
         fully_shard(layer, mesh=mesh, mp_policy=mp,
                     reshard_after_forward=reshard_after_forward and i < len(layers) - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward,
                 ignored_params=ignored or None)
-    logger.info("FSDP: %d decoder layers + root sharded over %d ranks (param dtype %s, reduce %s)",
-                len(layers), mesh.size(), param_dtype, reduce_dtype)
+    logger.info("FSDP: %d decoder layers, %d ViT layers + root sharded over %d ranks (param dtype %s, "
+                "reduce %s)", len(layers), len(vit.layers) if vit is not None else 0, mesh.size(),
+                param_dtype, reduce_dtype)
     return model
 
 

@@ -65,6 +65,16 @@ def main(out: Path) -> None:
         w = fresh["embed_tokens.weight"]
         init = dict(rows_repeat=bool(torch.equal(w[: VOCAB // 2], w[VOCAB // 2:])), std=float(w.std()))
 
+    # With the ViT path: every ViT layer is an FSDP unit of its own, and nothing is left unsharded.
+    from torch.distributed.fsdp import FSDPModule
+
+    vcfg = model_config("debug-vit", vocab_size=VOCAB, attn_backend="sdpa")
+    vmodel = build_model(vcfg, parallelize=lambda m: apply_fsdp(m, mesh))
+    vit_units = dict(vit_layers=len(vmodel.vit.layers),
+                     vit_units=sum(isinstance(m, FSDPModule) for m in vmodel.vit.layers),
+                     decoder_units=sum(isinstance(m, FSDPModule) for m in vmodel.layers),
+                     unsharded=[k for k, p in vmodel.named_parameters() if not is_dtensor(p)])
+
     # Same pack on both ranks: FSDP's averaged gradient equals the single-process one.
     pack = build_pack(DEFAULT_SPEC, random_images(3), pad=5)
     noise_n = int(pack.latent_noised.sum())
@@ -88,7 +98,8 @@ def main(out: Path) -> None:
     if rank == 0:
         step_err = max(float((after[k] - v).abs().max()) for k, v in plain.state_dict().items())
         result = dict(world=world, total_params=total, local_params=local_numel, losses=losses,
-                      grad_norms=norms, max_grad_err=grad_err, max_step_err=step_err, init=init)
+                      grad_norms=norms, max_grad_err=grad_err, max_step_err=step_err, init=init,
+                      vit=vit_units)
         (out / "result.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()

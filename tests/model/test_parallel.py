@@ -40,6 +40,9 @@ def test_fsdp_two_ranks_equal_unsharded(tmp_path):
     assert r["grad_norms"][0] == pytest.approx(r["grad_norms"][1], rel=1e-5)
     assert r["max_grad_err"] < 1e-6 and r["max_step_err"] < 1e-6
     assert not r["init"]["rows_repeat"] and r["init"]["std"] == pytest.approx(0.02, rel=0.2)
+    v = r["vit"]                                                      # per-layer units for the ViT too
+    assert v["vit_layers"] >= 1 and v["vit_units"] == v["vit_layers"] and v["decoder_units"] >= 2
+    assert v["unsharded"] == []
 
 
 def test_single_process_helpers():
