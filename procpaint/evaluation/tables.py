@@ -179,7 +179,7 @@ def markdown(rows: list[dict], train: dict[str, dict] | None = None) -> str:
     if comp:
         parts.append("## Against the single-pass baseline (paired bootstrap over the same prompts; "
                      "difference (95% interval); ~ marks an interval that holds 0: inside the noise)\n\n" + _table(
-                         ["Model", "Mode", "Benchmark", "vs", "Overall", "Position", "Prompts"],
+                         ["Model", "Mode", "Benchmark", "vs", "Overall", "Position", "Distinct prompts"],
                          [[c["run"], c["mode"], c["benchmark"], f"{c['baseline']} ({c['baseline_mode']})",
                            _diff(c, "overall"), _diff(c, "position"), str(c["prompts"])] for c in comp]))
     from .diagnostics import section
