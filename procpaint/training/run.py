@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from procpaint.config import Config, ConfigError, to_yaml
+from procpaint.config import DATA_DERIVED, Config, ConfigError, to_yaml
 from procpaint.evaluation.quick import format_summary, quick_eval
 from procpaint.io import atomic_write
 from procpaint.training.callbacks import TrajectoryLogger, default_val_prompts
@@ -99,6 +99,14 @@ def export_weights(module: ProcPaintModule, out_dir: Path, model: torch.nn.Modul
     return out_dir / "model.safetensors"
 
 
+def model_differences(saved: dict, cfg: Config) -> list[str]:
+    """"key saved vs now" for every configured ModelConfig field in which a checkpoint's ``saved``
+    model config differs from what ``cfg`` builds (data-measured fields are not compared)."""
+    now = asdict(cfg.model_config(vocab_size=saved.get("vocab_size")))
+    return [f"{k} {saved[k]!r} vs {now[k]!r}" for k in sorted(set(saved) & set(now) - set(DATA_DERIVED))
+            if saved[k] != now[k]]
+
+
 def check_resume(cfg: Config) -> None:
     """ConfigError, before any data preparation, when ``ckpt_path`` is missing, unreadable (e.g.
     truncated) or holds a model of another shape than ``cfg`` builds."""
@@ -114,10 +122,7 @@ def check_resume(cfg: Config) -> None:
     except Exception as exc:  # noqa: BLE001 - any failure to read it is the same answer
         raise ConfigError(f"ckpt_path={path}: not a readable procpaint checkpoint (truncated or another "
                           f"format: {type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-    now = asdict(cfg.model_config(vocab_size=saved.get("vocab_size")))
-    derived = {"vocab_size", "latent_mean", "latent_std"}      # measured from the data, not configured
-    diff = [f"{k} {saved[k]!r} vs {now[k]!r}" for k in sorted(set(saved) & set(now) - derived)
-            if saved[k] != now[k]]
+    diff = model_differences(saved, cfg)
     if diff or preset != cfg.model.preset:
         raise ConfigError(f"ckpt_path={path} holds a model.preset={preset!r} model, this config builds "
                           f"model.preset={cfg.model.preset!r} ({', '.join(diff[:4]) or 'same shapes'}): resume "
@@ -136,10 +141,7 @@ def check_finetune(cfg: Config):
         w = read_weights(cfg.finetune_from)
     except CheckpointError as exc:
         raise ConfigError(f"finetune_from={cfg.finetune_from}: {exc}") from None
-    saved, now = asdict(w.model_config), asdict(cfg.model_config(vocab_size=w.model_config.vocab_size))
-    derived = {"vocab_size", "latent_mean", "latent_std"}
-    diff = [f"{k} {saved[k]!r} vs {now[k]!r}" for k in sorted(set(saved) & set(now) - derived)
-            if saved[k] != now[k]]
+    diff = model_differences(asdict(w.model_config), cfg)
     if diff:
         raise ConfigError(f"finetune_from={cfg.finetune_from} holds another model than this config builds "
                           f"({', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''}): fine-tune with the "
