@@ -14,6 +14,14 @@ the training data by :func:`measure_latent_stats` over the training images) when
 of the painting world have std ~0.17 around a background of 0.18, which against unit-variance noise
 acts like a ~6x timestep shift toward noise. The statistics live in the config, so they travel with
 every checkpoint and export; None (old checkpoints) is the identity those were trained with.
+- ``dct``: the pixel patch in the orthonormal 2-D DCT-II basis (per colour channel), the
+  ``dct_keep`` lowest frequencies kept (all of them: an exact round trip), and every coefficient
+  standardised with its own training-set statistics. Pixel standardisation gives every pixel the
+  same scale, so an object's colour, shared by hundreds of values, stays visible through the noise
+  up to t ~ 0.98 while its edges drown early; per-frequency standardisation makes the colour (the DC
+  coefficient) and the detail (the rest) meet the noise at comparable times, the way a VAE's latents
+  do. Lowest frequencies first also shrinks the token (64 px, patch 8, 21 kept: 63 channels
+  instead of 192, 97% of the variance; ``benchmarks/results/2026-12-03-recipe-cpu.md``).
 - ``vae``: a diffusers-compatible ``AutoencoderKL`` from a local directory (nothing is downloaded),
   frozen; latents are normalised as ``(z - shift_factor) * scaling_factor`` with the factors from
   the VAE's own config (FLUX: 0.1159 / 0.3611). diffusers is imported only when one is loaded.
@@ -55,6 +63,7 @@ class LatentCodec(nn.Module):
 
     latent_dim: int
     pixels_per_token: int
+    stat_channels: int = 3            # entries of latent_mean / latent_std
     latent_mean: tuple[float, ...] | None = None
     latent_std: tuple[float, ...] | None = None
 
@@ -113,6 +122,69 @@ class PixelCodec(LatentCodec):
         return self.denormalize(unpatchify(tokens, h, w, self.patch_size))
 
 
+def dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (n, n): row k is frequency k, ``D @ D.T == I``."""
+    i = torch.arange(n, dtype=torch.float64)
+    d = torch.cos(torch.pi * (2 * i[None, :] + 1) * i[:, None] / (2 * n)) * (2.0 / n) ** 0.5
+    d[0] /= 2.0**0.5
+    return d
+
+
+def dct_frequencies(p: int, keep: int) -> list[tuple[int, int]]:
+    """The ``keep`` lowest 2-D frequencies (row, col) of a p x p block: by diagonal (row + col),
+    then by row — the order JPEG's zig-zag visits them, up to direction within a diagonal."""
+    order = sorted(((a, b) for a in range(p) for b in range(p)), key=lambda f: (f[0] + f[1], f[0]))
+    return order[:keep]
+
+
+class DCTCodec(LatentCodec):
+    """Per-channel 2-D DCT of each p x p pixel patch, the ``keep`` lowest frequencies, standardised per
+    coefficient: D = 3 * keep, channels ordered (frequency, colour). Exact when keep = p**2; with
+    fewer, decoding is the least-squares reconstruction from the kept frequencies. No parameters:
+    the basis is fixed, the statistics come from the config (``latent_mean`` / ``latent_std``)."""
+
+    def __init__(self, patch_size: int, keep: int | None = None):
+        super().__init__()
+        p = patch_size
+        keep = keep or p * p
+        self.patch_size, self.keep = p, keep
+        self.latent_dim = 3 * keep
+        self.stat_channels = self.latent_dim
+        self.pixels_per_token = p
+        d = dct_matrix(p)
+        basis = torch.stack([torch.outer(d[a], d[b]).flatten() for a, b in dct_frequencies(p, keep)])
+        self.register_buffer("basis", basis.to(torch.float32), persistent=False)     # (keep, p*p)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., D) coefficients -> standardised per coefficient."""
+        if self.latent_mean is None:
+            return z
+        return (z - z.new_tensor(self.latent_mean)) / z.new_tensor(self.latent_std)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latent_mean is None:
+            return z
+        return z * z.new_tensor(self.latent_std) + z.new_tensor(self.latent_mean)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (I, 3, H, W) in [-1, 1] -> (I, h*w, 3 * keep) float32."""
+        h, w = self.grid(images.shape[-2], images.shape[-1])
+        p, n = self.patch_size, images.shape[0]
+        x = images.to(torch.float32).reshape(n, 3, h, p, w, p).permute(0, 2, 4, 1, 3, 5)
+        coef = x.reshape(n, h * w, 3, p * p) @ self.basis.to(x.device, torch.float32).T            # (I, hw, 3, keep)
+        return self.normalize(coef.transpose(-1, -2).reshape(n, h * w, self.latent_dim))
+
+    def decode(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """tokens (I, h*w, 3 * keep) -> images (I, 3, h p, w p)."""
+        n, p = tokens.shape[0], self.patch_size
+        if tokens.shape[1:] != (h * w, self.latent_dim):
+            raise ValueError(f"tokens of shape {tuple(tokens.shape)} do not form a {h}x{w} grid of "
+                             f"{self.latent_dim}-channel DCT tokens")
+        coef = self.denormalize(tokens.float()).reshape(n, h * w, self.keep, 3).transpose(-1, -2)
+        x = (coef @ self.basis.to(coef.device, torch.float32)).reshape(n, h, w, 3, p, p)           # (I, h, w, 3, p, p)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(n, 3, h * p, w * p)
+
+
 class VAECodec(LatentCodec):
     """A frozen diffusers ``AutoencoderKL`` from a local directory, then p x p latent patches.
 
@@ -124,6 +196,7 @@ class VAECodec(LatentCodec):
         super().__init__()
         self.patch_size, self.latent_channels = patch_size, latent_channels
         self.latent_dim = latent_channels * patch_size**2
+        self.stat_channels = latent_channels
         self.pixels_per_token = downsample * patch_size
         self.vae = None
         self.scale, self.shift = 1.0, 0.0
@@ -196,8 +269,7 @@ def measure_latent_stats(codec: LatentCodec, images: torch.Tensor, *, min_std: f
         tokens = codec.encode(images)                                     # (I, h*w, p*p*C)
     finally:
         codec.set_stats(*saved)
-    c = getattr(codec, "latent_channels", 3)
-    z = tokens.reshape(-1, c).double()                                   # channels run last: (dy, dx, c)
+    z = tokens.reshape(-1, codec.stat_channels).double()   # the statistics' channels run last
     mean, std = z.mean(0), z.std(0).clamp_min(min_std)
     return tuple(mean.tolist()), tuple(std.tolist())
 
@@ -210,6 +282,12 @@ def build_codec(cfg: ModelConfig) -> LatentCodec:
                              f"model.latent_downsample=1, got {cfg.latent_channels} and "
                              f"{cfg.latent_downsample}")
         codec = PixelCodec(cfg.patch_size)
+    elif cfg.codec == "dct":
+        if cfg.latent_channels != 3 or cfg.latent_downsample != 1:
+            raise ValueError("model.codec='dct' needs model.latent_channels=3 and "
+                             f"model.latent_downsample=1, got {cfg.latent_channels} and "
+                             f"{cfg.latent_downsample}")
+        codec = DCTCodec(cfg.patch_size, cfg.dct_keep)
     else:
         codec = VAECodec(cfg.vae_path, cfg.latent_channels, cfg.latent_downsample, cfg.patch_size)
     codec.set_stats(cfg.latent_mean, cfg.latent_std)

@@ -22,7 +22,9 @@ class ModelConfig:
     mot: bool = True                     # two experts (understanding / generation); False: dense
     qk_norm: bool = True
     tie_word_embeddings: bool = True
-    codec: str = "pixel"                 # "pixel" (patchified normalised pixels) | "vae"
+    codec: str = "pixel"                 # "pixel" (patchified normalised pixels) | "dct" | "vae"
+    dct_keep: int | None = None          # codec="dct": DCT coefficients kept per channel, lowest
+                                         # frequencies first (None: all patch_size**2, exact)
     vae_path: str | None = None          # local diffusers AutoencoderKL directory (codec="vae")
     latent_channels: int = 3             # channels of the codec's latent image (3 for pixels)
     latent_downsample: int = 1           # pixels per latent pixel (1 for pixels, 8 for a FLUX VAE)
@@ -71,8 +73,11 @@ class ModelConfig:
                              f"model.num_kv_heads ({self.num_kv_heads})")
         if (self.hidden_size // self.num_heads) % 2:
             raise ValueError("model head dim (hidden_size / num_heads) must be even for RoPE")
-        if self.codec not in ("pixel", "vae"):
-            raise ValueError(f"model.codec must be 'pixel' or 'vae', got {self.codec!r}")
+        if self.codec not in ("pixel", "dct", "vae"):
+            raise ValueError(f"model.codec must be 'pixel', 'dct' or 'vae', got {self.codec!r}")
+        if self.dct_keep is not None and not 1 <= self.dct_keep <= self.patch_size**2:
+            raise ValueError(f"model.dct_keep must be in [1, patch_size**2 = {self.patch_size**2}], "
+                             f"got {self.dct_keep}")
         if self.timestep_scale <= 0:
             raise ValueError(f"model.timestep_scale must be > 0, got {self.timestep_scale}")
         if self.attn_backend not in ("auto", "sdpa", "flex", "xformers", "flash"):
@@ -96,9 +101,9 @@ class ModelConfig:
                 continue
             v = tuple(float(x) for x in v)            # JSON gives lists; keep the config hashable
             object.__setattr__(self, key, v)
-            if len(v) != self.latent_channels:
-                raise ValueError(f"model.{key} has {len(v)} values, model.latent_channels is "
-                                 f"{self.latent_channels}")
+            if len(v) != self.stat_channels:
+                raise ValueError(f"model.{key} has {len(v)} values, the {self.codec} codec standardises "
+                                 f"{self.stat_channels} channels")
         if (self.latent_mean is None) != (self.latent_std is None):
             raise ValueError("model.latent_mean and model.latent_std are set together or not at all")
         if self.latent_std is not None and not all(s > 0 for s in self.latent_std):
@@ -110,8 +115,17 @@ class ModelConfig:
 
     @property
     def latent_dim(self) -> int:
-        """Channels of one latent token: latent_channels * patch_size**2 (BAGEL: 16 * 2 * 2)."""
+        """Channels of one latent token: latent_channels * patch_size**2 (BAGEL: 16 * 2 * 2); with
+        ``codec="dct"``, latent_channels * the coefficients kept."""
+        if self.codec == "dct":
+            return self.latent_channels * (self.dct_keep or self.patch_size**2)
         return self.latent_channels * self.patch_size**2
+
+    @property
+    def stat_channels(self) -> int:
+        """Entries of ``latent_mean`` / ``latent_std``: one per latent-image channel, or with
+        ``codec="dct"`` one per token channel (every frequency has its own scale)."""
+        return self.latent_dim if self.codec == "dct" else self.latent_channels
 
     @property
     def pixels_per_token(self) -> int:

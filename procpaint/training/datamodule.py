@@ -215,7 +215,7 @@ class ProcPaintDataModule(L.LightningDataModule):
         return self._tokenizer
 
     def latent_stats(self, num_images: int = 512) -> dict:
-        """``{"latent_mean", "latent_std"}`` of the pixel codec over the first ``num_images`` training
+        """``{"latent_mean", "latent_std"}`` of the pixel or DCT codec over the first ``num_images`` training
         images (every image role: drafts, contexts, finals), or ``{}`` for codecs that normalise
         themselves (a VAE's scaling/shift factors). Deterministic: the stream is read unshuffled."""
         import torch
@@ -224,7 +224,7 @@ class ProcPaintDataModule(L.LightningDataModule):
         from procpaint.model import build_codec, measure_latent_stats
 
         mc = self.cfg.model_config(vocab_size=1)
-        if mc.codec != "pixel":
+        if mc.codec not in ("pixel", "dct"):
             return {}
         ds = TrajectoryDataset(self.root, subsets=self.cfg.data.subsets, image_size=self.cfg.data.image_size,
                                shuffle=False, seed=self.cfg.seed, on_error=self.cfg.data.on_error)

@@ -113,3 +113,69 @@ def test_statistics_in_the_model_config_reach_the_codec_and_are_checked():
         model_config("debug", vocab_size=64, latent_mean=[0.0] * 3)
     with pytest.raises(ValueError, match="positive"):
         model_config("debug", vocab_size=64, latent_mean=[0.0] * 3, latent_std=[1.0, 0.0, 1.0])
+
+
+def _flat_shapes(n: int = 8, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Grey canvases with one flat-coloured rectangle each: the painting world's statistics."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.full((n, 3, size, size), 0.1)
+    for k in range(n):
+        y, x = torch.randint(0, size - 6, (2,), generator=g).tolist()
+        images[k, :, y:y + 6, x:x + 5] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+    return images
+
+
+def test_dct_basis_is_orthonormal_and_lowest_frequencies_come_first():
+    from procpaint.model.codecs import dct_frequencies, dct_matrix
+
+    d = dct_matrix(8)
+    torch.testing.assert_close(d @ d.T, torch.eye(8, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert torch.allclose(d[0], torch.full((8,), 8 ** -0.5, dtype=torch.float64))    # DC is the mean
+    freqs = dct_frequencies(4, 16)
+    assert freqs[0] == (0, 0) and sorted(freqs) == [(a, b) for a in range(4) for b in range(4)]
+    assert [a + b for a, b in freqs] == sorted(a + b for a, b in freqs)
+
+
+def test_dct_codec_full_round_trip_is_exact_and_statistics_standardise_every_coefficient():
+    images = _flat_shapes()
+    mc = model_config("debug", vocab_size=64, patch_size=4, codec="dct")
+    assert mc.latent_dim == 48 and mc.stat_channels == 48
+    codec = build_codec(mc)
+    mean, std = measure_latent_stats(codec, images)
+    assert len(mean) == len(std) == 48
+    assert std[0] > 5 * min(std)                  # the DC coefficient carries far more energy
+    codec = build_codec(dataclasses.replace(mc, latent_mean=mean, latent_std=std))
+    tokens = codec.encode(images)
+    assert tokens.shape == (8, 16, 48)
+    z = tokens.reshape(-1, 48)
+    torch.testing.assert_close(z.mean(0), torch.zeros(48), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0)[std_big := torch.tensor(std) > 1e-3],
+                               torch.ones(int(std_big.sum())), atol=1e-3, rtol=0)
+    torch.testing.assert_close(codec.decode(tokens, 4, 4), images, atol=1e-5, rtol=0)
+    # the first channel of a token is the DC coefficient of red: the patch mean (orthonormal: x p)
+    raw = build_codec(mc).encode(images)
+    torch.testing.assert_close(raw[:, 0, 0], images[:, 0, :4, :4].mean((1, 2)) * 4, atol=1e-5, rtol=0)
+
+
+def test_dct_codec_truncation_keeps_the_low_frequencies():
+    images = _flat_shapes()
+    full = build_codec(model_config("debug", vocab_size=64, patch_size=4, codec="dct"))
+    low = build_codec(model_config("debug", vocab_size=64, patch_size=4, codec="dct", dct_keep=6))
+    assert low.latent_dim == 18
+    torch.testing.assert_close(low.encode(images), full.encode(images)[..., :18])
+    rec = low.decode(low.encode(images), 4, 4)
+    err = (rec - images).pow(2).mean()
+    assert 0 < err < 0.1 * images.var()            # least-squares from 6 of 16 frequencies
+    # the truncated reconstruction is the projection: encoding it again changes nothing
+    torch.testing.assert_close(low.encode(rec), low.encode(images), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="dct_keep"):
+        model_config("debug", vocab_size=64, patch_size=4, codec="dct", dct_keep=17)
+    with pytest.raises(ValueError, match="48 channels"):
+        model_config("debug", vocab_size=64, patch_size=4, codec="dct", latent_mean=[0.0] * 3,
+                     latent_std=[1.0] * 3)
+
+
+def test_a_model_trains_on_dct_latents():
+    mc = model_config("debug", vocab_size=64, patch_size=4, codec="dct", dct_keep=6)
+    model = build_model(mc)
+    assert model.codec.latent_dim == 18 and model.llm2vae.out_features == 18
