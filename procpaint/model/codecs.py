@@ -171,7 +171,7 @@ class DCTCodec(LatentCodec):
         h, w = self.grid(images.shape[-2], images.shape[-1])
         p, n = self.patch_size, images.shape[0]
         x = images.to(torch.float32).reshape(n, 3, h, p, w, p).permute(0, 2, 4, 1, 3, 5)
-        coef = x.reshape(n, h * w, 3, p * p) @ self.basis.to(x.device, torch.float32).T            # (I, hw, 3, keep)
+        coef = x.reshape(n, h * w, 3, p * p) @ self.basis.to(x.device, torch.float32).T  # (I, hw, 3, keep)
         return self.normalize(coef.transpose(-1, -2).reshape(n, h * w, self.latent_dim))
 
     def decode(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -181,7 +181,7 @@ class DCTCodec(LatentCodec):
             raise ValueError(f"tokens of shape {tuple(tokens.shape)} do not form a {h}x{w} grid of "
                              f"{self.latent_dim}-channel DCT tokens")
         coef = self.denormalize(tokens.float()).reshape(n, h * w, self.keep, 3).transpose(-1, -2)
-        x = (coef @ self.basis.to(coef.device, torch.float32)).reshape(n, h, w, 3, p, p)           # (I, h, w, 3, p, p)
+        x = (coef @ self.basis.to(coef.device, torch.float32)).reshape(n, h, w, 3, p, p)  # (I, h, w, 3, p, p)
         return x.permute(0, 3, 1, 4, 2, 5).reshape(n, 3, h * p, w * p)
 
 
@@ -276,18 +276,12 @@ def measure_latent_stats(codec: LatentCodec, images: torch.Tensor, *, min_std: f
 
 def build_codec(cfg: ModelConfig) -> LatentCodec:
     """The codec named by ``cfg.codec`` (checked against ``cfg.latent_dim``)."""
-    if cfg.codec == "pixel":
+    if cfg.codec in ("pixel", "dct"):
         if cfg.latent_channels != 3 or cfg.latent_downsample != 1:
-            raise ValueError("model.codec='pixel' needs model.latent_channels=3 and "
+            raise ValueError(f"model.codec={cfg.codec!r} needs model.latent_channels=3 and "
                              f"model.latent_downsample=1, got {cfg.latent_channels} and "
                              f"{cfg.latent_downsample}")
-        codec = PixelCodec(cfg.patch_size)
-    elif cfg.codec == "dct":
-        if cfg.latent_channels != 3 or cfg.latent_downsample != 1:
-            raise ValueError("model.codec='dct' needs model.latent_channels=3 and "
-                             f"model.latent_downsample=1, got {cfg.latent_channels} and "
-                             f"{cfg.latent_downsample}")
-        codec = DCTCodec(cfg.patch_size, cfg.dct_keep)
+        codec = PixelCodec(cfg.patch_size) if cfg.codec == "pixel" else DCTCodec(cfg.patch_size, cfg.dct_keep)
     else:
         codec = VAECodec(cfg.vae_path, cfg.latent_channels, cfg.latent_downsample, cfg.patch_size)
     codec.set_stats(cfg.latent_mean, cfg.latent_std)
