@@ -49,6 +49,8 @@ class DataConfig:
     edit_share: float | None = None       # share of trajectories with an edit-op rewrite (0: no aug)
     refine_share: float | None = None     # per round: flawed draft + critique + <refine> + fix
     layout: str | None = None             # object placement: "random" | "canonical" (None: random)
+    fact_share: float | None = None       # share of multi-turn records that are fact-corpus text and
+    knowledge_share: float | None = None  # that are knowledge-prompt trajectories (None: the builder's)
     self_critique: bool = True            # False: no INSPECT critiques / refines in trajectories
     conflict_source: str = "symbolic"     # conflict critiques: "symbolic" (scene graph) | "self"
     conflict_ckpt: str | None = None      # multi-turn checkpoint that self-samples conflict plans
@@ -67,10 +69,14 @@ class DataConfig:
             raise ConfigError(f"data.subsets {critique_subsets} are critique targets; they contradict "
                               f"data.trajectory={self.trajectory!r} / "
                               f"data.self_critique={self.self_critique}")
-        for key in ("edit_share", "refine_share"):
+        for key in ("edit_share", "refine_share", "fact_share", "knowledge_share"):
             v = getattr(self, key)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ConfigError(f"data.{key} must be in [0, 1] (or null for the default), got {v}")
+        if self.fact_share is not None and self.knowledge_share is not None \
+                and self.fact_share + self.knowledge_share > 1.0:
+            raise ConfigError(f"data.fact_share + data.knowledge_share must be <= 1, got "
+                              f"{self.fact_share} + {self.knowledge_share}")
         if self.conflict_source not in ("symbolic", "self"):
             raise ConfigError(f"data.conflict_source must be 'symbolic' or 'self', "
                               f"got {self.conflict_source!r}")

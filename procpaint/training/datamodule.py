@@ -143,7 +143,8 @@ class ProcPaintDataModule(L.LightningDataModule):
         vocab = hashlib.sha1(" ".join(dataset_vocabulary()).encode()).hexdigest()[:10]
         key = json.dumps({"n": d.build_samples, "px": d.image_size, "seed": self.cfg.seed,
                           "subsets": sorted(d.subsets), "edit": d.edit_share, "refine": d.refine_share,
-                          **({"layout": d.layout} if d.layout is not None else {}),
+                          **{k: getattr(d, k) for k in ("layout", "fact_share", "knowledge_share")
+                             if getattr(d, k) is not None},
                           "conflict": d.conflict_source, "conflict_ckpt": d.conflict_ckpt,
                           "format": FORMAT_VERSION, "builder": BUILDER_REVISION,
                           "vocab": vocab}, sort_keys=True)
@@ -165,7 +166,8 @@ class ProcPaintDataModule(L.LightningDataModule):
         sizes = {s: max(1, round(samples * base.size(s) / total)) if s in self.cfg.data.subsets else 0
                  for s in ("multiturn", "conflict", "alignment")}
         d = self.cfg.data
-        knobs = {k: getattr(d, k) for k in ("edit_share", "refine_share", "layout")
+        knobs = {k: getattr(d, k) for k in ("edit_share", "refine_share", "layout", "fact_share",
+                                            "knowledge_share")
                  if getattr(d, k) is not None}
         cfg = BuildConfig(seed=seed, image_size=d.image_size, shard_size=max(8, samples // 4),
                          conflict_source=d.conflict_source, **knobs, **sizes)

@@ -44,8 +44,10 @@ def test_row_differs_from_process_only_in_its_ablation(name):
     ("data.conflict_source=self", "data.conflict_ckpt"),
     ("data.conflict_source=gpt", "data.conflict_source"),
     ("data.edit_share=1.5", "data.edit_share"),
+    ("data.fact_share=-0.1", "data.fact_share"),
+    ("data.fact_share=0.6 data.knowledge_share=0.6", "data.fact_share"),
     ("data.trajectory=sketch", "data.trajectory"),
 ])
 def test_contradictions_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config(CONFIGS / "process.yaml", [override])
+        load_config(CONFIGS / "process.yaml", override.split())

@@ -150,6 +150,22 @@ def test_data_cache_key_follows_build_knobs_and_vocabulary(monkeypatch):
     base = root()
     assert root() == base and base.parent == Path("data_cache/debug")
     assert root("data.build_samples=61") != base and root("seed=1") != base
+    assert root("data.fact_share=0.0") != base and root("data.knowledge_share=0.2") != base
     words = store.dataset_vocabulary()
     monkeypatch.setattr(store, "dataset_vocabulary", lambda: [*words, "zebra"])
     assert root() != base
+
+
+def test_build_knobs_reach_the_procedural_builder(monkeypatch, tmp_path):
+    """data.fact_share / knowledge_share / layout are handed to BuildConfig; unset keeps its defaults."""
+    import procpaint.datasets as datasets
+    from procpaint.training.datamodule import ProcPaintDataModule
+
+    seen = []
+    monkeypatch.setattr(datasets, "build_dataset", lambda out, **kw: seen.append(kw["cfg"]))
+    ProcPaintDataModule(load_config(DEBUG, ["data.fact_share=0.0", "data.layout=canonical"]))._build(
+        tmp_path, 40, 0)
+    ProcPaintDataModule(load_config(DEBUG))._build(tmp_path, 40, 0)
+    assert (seen[0].fact_share, seen[0].layout) == (0.0, "canonical")
+    assert seen[1].fact_share == datasets.BuildConfig().fact_share == 0.1
+    assert seen[0].knowledge_share == seen[1].knowledge_share == datasets.BuildConfig().knowledge_share
